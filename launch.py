@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Run one pipeline stage: parse configs -> find(system), find(data) -> Lightning Trainer.
+
+    python launch.py --config configs/ahds.yaml --train system.prompt_processor.prompt="A man" \
+        system.face_image=face.png
+    python launch.py --train --resume outputs/gaussianip/<trial>        # continue a run
+    python launch.py --test --resume outputs/gaussianip/<trial>         # turntable + avatar.ply again
+    python launch.py --export --resume outputs/gaussianip/<trial>       # avatar.ply only
+
+Every run writes a new trial directory <exp_root_dir>/<name>/<tag>@<timestamp>/ with
+configs/parsed.yaml, ckpts/last.ckpt, save/ (avatar.ply, turntable.mp4, validation renders) and
+csv_logs/. Earlier trial directories are never touched (a resumed run continues in its own).
+Bad input gives one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", action="append", default=[], help="YAML config; may repeat (later wins)")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--train", action="store_true", help="optimise (then render the test turntable)")
+    g.add_argument("--validate", action="store_true", help="render the validation views of a checkpoint")
+    g.add_argument("--test", action="store_true", help="render the turntable and export the avatar of a checkpoint")
+    g.add_argument("--export", action="store_true", help="write save/avatar.ply from a checkpoint")
+    ap.add_argument("--resume", default=None, help="trial directory or .ckpt to continue from / evaluate")
+    ap.add_argument("--verbose", action="store_true", help="show library warnings and full tracebacks")
+    ap.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. trainer.max_steps=100")
+    return ap.parse_args(argv)
+
+
+def resolve_resume(path: str) -> tuple[Path, Path]:
+    """(trial_dir, checkpoint) from a trial directory or a checkpoint file."""
+    from threestudio.utils.errors import UserError
+
+    p = Path(path)
+    if p.is_file() and p.suffix == ".ckpt":
+        return p.parent.parent, p
+    ckpt = p / "ckpts" / "last.ckpt"
+    if not ckpt.is_file():
+        raise UserError(f"--resume {path}: no checkpoint found (expected {ckpt})")
+    return p, ckpt
+
+
+def new_trial_dir(cfg) -> Path:
+    base = Path(cfg.exp_root_dir) / cfg.name / f"{cfg.tag}@{time.strftime('%Y%m%d-%H%M%S')}"
+    d, i = base, 1
+    while d.exists():
+        d, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return d
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+        for name in ("diffusers", "transformers", "lightning", "pytorch_lightning", "lightning.pytorch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from threestudio.utils.errors import UserError
+
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # unknown plugin names (threestudio.find)
+        if args.verbose:
+            raise
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    import threestudio
+    from threestudio.utils.config import dump_config, load_config
+    from threestudio.utils.errors import ConfigError, UserError
+    from threestudio.utils.io import atomic_write_text
+
+    mode = "train" if args.train else "validate" if args.validate else "test" if args.test else "export"
+    ckpt = None
+    if args.resume:
+        trial_dir, ckpt = resolve_resume(args.resume)
+        parsed = trial_dir / "configs" / "parsed.yaml"
+        cfg = load_config(*(args.config or [parsed]), cli_args=args.overrides, trial_dir=str(trial_dir))
+    else:
+        if mode != "train":
+            raise UserError(f"--{mode} needs --resume <trial directory or .ckpt>")
+        if not args.config:
+            raise UserError("no --config given (e.g. --config configs/ahds.yaml)")
+        cfg = load_config(*args.config, cli_args=args.overrides)
+        trial_dir = None
+    try:
+        system_cls = threestudio.find(cfg.system_type)
+        data_cls = threestudio.find(cfg.data_type)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    system_cls.preflight(cfg.system, mode)
+    data_cls(cfg.data)  # validates the data config
+
+    if trial_dir is None:
+        trial_dir = new_trial_dir(cfg)
+        cfg.trial_dir = str(trial_dir)
+    trial_dir = Path(trial_dir)
+    (trial_dir / "configs").mkdir(parents=True, exist_ok=True)
+    if mode == "train":
+        dump_config(trial_dir / "configs" / "parsed.yaml", cfg)
+        atomic_write_text(trial_dir / "cmd.txt", " ".join(map(str, sys.argv)) + "\n")
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    pl.seed_everything(cfg.seed, verbose=False)
+    system = system_cls(cfg.system, str(trial_dir), max_steps=cfg.trainer.max_steps)
+    dm = data_cls(cfg.data)
+    t = cfg.trainer
+    ckpt_cb = ModelCheckpoint(dirpath=str(trial_dir / "ckpts"), filename="step{step}", auto_insert_metric_name=False,
+                              every_n_train_steps=cfg.checkpoint.every_n_train_steps, save_last=True, save_top_k=-1)
+    trainer = pl.Trainer(max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+                         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
+                         num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
+                         enable_progress_bar=t.enable_progress_bar, logger=CSVLogger(str(trial_dir), name="csv_logs"),
+                         callbacks=[ckpt_cb], enable_model_summary=False, inference_mode=False,
+                         default_root_dir=str(trial_dir))
+    if mode == "train":
+        trainer.fit(system, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+        trainer.test(system, datamodule=dm, verbose=False)
+    elif mode == "validate":
+        trainer.validate(system, datamodule=dm, ckpt_path=str(ckpt), verbose=False)
+    elif mode == "test":
+        trainer.test(system, datamodule=dm, ckpt_path=str(ckpt), verbose=False)
+    else:
+        import torch
+
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        system.load_state_dict(state["state_dict"])
+        system.export()
+    print(f"results in {trial_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

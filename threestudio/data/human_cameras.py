@@ -1,0 +1,160 @@
+"""Camera samplers for human avatars (method §3): random training views with full-body, head and
+back close-ups and their step windows; fixed validation views; turntable rings."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+import threestudio
+from threestudio.data.cameras import Cameras
+from threestudio.ops.camera import orbit_c2w, stratified_azimuths
+from threestudio.utils.config import parse_structured
+
+
+@dataclass
+class HumanCameraConfig:
+    batch_size: int = 4
+    height: int = 1024
+    """Training render size (method §3.2)."""
+    width: int = 1024
+    eval_height: int = 1024
+    eval_width: int = 1024
+    elevation_range: list = field(default_factory=lambda: [-30.0, 30.0])
+    azimuth_range: list = field(default_factory=lambda: [-180.0, 180.0])
+    camera_distance_range: list = field(default_factory=lambda: [1.3, 1.7])
+    fovy_range: list = field(default_factory=lambda: [40.0, 70.0])
+    """Degrees."""
+    head_prob: float = 0.25
+    head_camera_distance_range: list = field(default_factory=lambda: [0.4, 0.6])
+    head_azimuth_range: list = field(default_factory=lambda: [0.0, 180.0])
+    """Front half (front view at +90°)."""
+    head_offset: float = 0.65
+    """z of the head centre in the template frame (anny: 0.656)."""
+    head_steps: list = field(default_factory=lambda: [1200, 3600])
+    """Head close-ups are sampled only for steps in this closed window."""
+    back_prob: float = 0.2
+    back_camera_distance_range: list = field(default_factory=lambda: [0.6, 0.8])
+    back_azimuth_range: list = field(default_factory=lambda: [-180.0, 0.0])
+    back_offset: float = 0.65
+    back_steps: list = field(default_factory=lambda: [1200, 3600])
+    eval_camera_distance: float = 1.8
+    eval_elevation_deg: float = 5.0
+    eval_fovy_deg: float = 70.0
+    eval_head_distance: float = 0.6
+    n_val_views: int = 8
+    """Validation: this many full-body azimuths plus the same as head close-ups."""
+    n_test_views: int = 120
+    """Turntable frames of the test video."""
+    seed: int = 0
+
+
+def _u(lo_hi, n: int, g: torch.Generator) -> torch.Tensor:
+    lo, hi = float(lo_hi[0]), float(lo_hi[1])
+    return lo + torch.rand(n, generator=g) * (hi - lo)
+
+
+def make_cameras(azimuth, elevation, distance, fovy_deg, height, width, center_z: float, mode: str) -> Cameras:
+    """Orbit cameras around (0, 0, center_z)."""
+    az = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1)
+    B = az.shape[0]
+    el = torch.as_tensor(elevation, dtype=torch.float32).expand(B).clone()
+    d = torch.as_tensor(distance, dtype=torch.float32).expand(B).clone()
+    fov = torch.deg2rad(torch.as_tensor(fovy_deg, dtype=torch.float32).expand(B).clone())
+    center = torch.tensor([0.0, 0.0, center_z]).repeat(B, 1)
+    return Cameras(orbit_c2w(el, az, d, center), fov, height, width, az, el, d, center, mode)
+
+
+def ring_cameras(n: int, elevation: float, distance: float, fovy_deg: float, size: int, center_z: float = 0.0,
+                 start_azimuth: float = -180.0, mode: str = "body") -> Cameras:
+    """n views evenly spaced in azimuth from ``start_azimuth`` (method §3.4 ring: -180 + 360 i / n)."""
+    az = start_azimuth + 360.0 * torch.arange(n) / n
+    return make_cameras(az, elevation, distance, fovy_deg, size, size, center_z, mode)
+
+
+class RandomHumanCameras(IterableDataset):
+    """Infinite stream of training batches (method §3.2); call :meth:`update_step` every step."""
+
+    def __init__(self, cfg: HumanCameraConfig):
+        self.cfg = cfg
+        self.step = 0
+        self.g = torch.Generator().manual_seed(cfg.seed)
+
+    def update_step(self, step: int) -> None:
+        self.step = step
+
+    def sample(self, step: int | None = None) -> Cameras:
+        c, B, s = self.cfg, self.cfg.batch_size, self.step if step is None else step
+        r = float(torch.rand(1, generator=self.g))
+        if c.head_steps[0] <= s <= c.head_steps[1] and r < c.head_prob:
+            mode, d_rng, a_rng, cz = "head", c.head_camera_distance_range, c.head_azimuth_range, c.head_offset
+        elif c.back_steps[0] <= s <= c.back_steps[1] and float(torch.rand(1, generator=self.g)) < c.back_prob:
+            mode, d_rng, a_rng, cz = "back", c.back_camera_distance_range, c.back_azimuth_range, c.back_offset
+        else:
+            mode, d_rng, a_rng, cz = "body", c.camera_distance_range, c.azimuth_range, 0.0
+        az = stratified_azimuths(B, float(a_rng[0]), float(a_rng[1]), self.g)
+        return make_cameras(az, _u(c.elevation_range, B, self.g), _u(d_rng, B, self.g), _u(c.fovy_range, B, self.g),
+                            c.height, c.width, cz, mode)
+
+    def __iter__(self):
+        while True:
+            yield self.sample()
+
+
+class FixedCameras(Dataset):
+    """A fixed list of single-view batches (validation / test)."""
+
+    def __init__(self, cams: Cameras):
+        self.cams = cams
+
+    def __len__(self) -> int:
+        return len(self.cams)
+
+    def __getitem__(self, i: int) -> Cameras:
+        return self.cams[i]
+
+
+def validation_cameras(c: HumanCameraConfig) -> Cameras:
+    n = c.n_val_views
+    az = -180.0 + 360.0 * torch.arange(n) / n
+    body = make_cameras(az, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg, c.eval_height, c.eval_width, 0.0, "body")
+    head = make_cameras(az, c.eval_elevation_deg, c.eval_head_distance, c.eval_fovy_deg, c.eval_height, c.eval_width, c.head_offset, "head")
+    return Cameras.cat([body, head])
+
+
+def turntable_cameras(c: HumanCameraConfig) -> Cameras:
+    """Test turntable starting at the front view (azimuth +90°), one full turn."""
+    return ring_cameras(c.n_test_views, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg,
+                        c.eval_height, start_azimuth=90.0)
+
+
+def _identity(x):
+    return x
+
+
+@threestudio.register("human-camera-datamodule")
+class HumanCameraDataModule(pl.LightningDataModule):
+    Config = HumanCameraConfig
+
+    def __init__(self, cfg: dict | None = None):
+        super().__init__()
+        self.cfg = parse_structured(HumanCameraConfig, cfg)
+        self.train_dataset = RandomHumanCameras(self.cfg)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=0, collate_fn=_identity)
+
+    def val_dataloader(self):
+        return DataLoader(FixedCameras(validation_cameras(self.cfg)), batch_size=None, collate_fn=_identity)
+
+    def test_dataloader(self):
+        return DataLoader(FixedCameras(turntable_cameras(self.cfg)), batch_size=None, collate_fn=_identity)
+
+    def predict_dataloader(self):
+        return self.test_dataloader()
+
+
+_ = math

@@ -1,0 +1,110 @@
+"""SMPL-X body template, loaded with the ``smplx`` package from the user's own model files.
+
+The files are licence-gated (https://smpl-x.is.tue.mpg.de): point ``SMPLX_DIR`` (or
+``system.body.model_path``) at the folder that contains ``smplx/SMPLX_NEUTRAL.npz``.
+Pose: the A-pose of method §2.1 (hips, shoulders ∓π/4, wrists). SMPL-X's native frame is y up,
+facing +z, left at +x; the proper rotation (x, y, z) -> (-x, z, y) brings it to the template frame.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import threestudio
+from threestudio.models.body.base import BodyModel
+from threestudio.models.body.template import (
+    BodyTemplate,
+    apply_similarity,
+    frames_to_world,
+    similarity_to_world,
+)
+from threestudio.utils.errors import UserError
+
+_SMPLX_TO_WORLD = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+
+# SMPL-X joint index of each OpenPose-18 keypoint (method §2.1).
+SMPLX_TO_OPENPOSE18 = (55, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 56, 57, 58, 59)
+
+
+def smplx_apose_body_pose() -> torch.Tensor:
+    """[21, 3] axis-angle A-pose of method §2.1 in SMPL-X body-joint order."""
+    p = torch.zeros(21, 3, dtype=torch.float64)
+    p[0] = torch.tensor([0.0, 0.2, 0.1])
+    p[1] = torch.tensor([0.0, -0.2, -0.1])
+    p[15] = torch.tensor([0.0, 0.0, -math.pi / 4])
+    p[16] = torch.tensor([0.0, 0.0, math.pi / 4])
+    p[19] = torch.tensor([1.0, 0.0, 0.0])
+    p[20] = torch.tensor([1.0, 0.0, 0.0])
+    return p
+
+
+@threestudio.register("smplx-body")
+class SMPLXBody(BodyModel):
+    @dataclass
+    class Config(BodyModel.Config):
+        model_path: str = "${oc.env:SMPLX_DIR,''}"
+        """Folder that contains ``smplx/SMPLX_<GENDER>.npz`` (or the ``smplx`` folder itself)."""
+        gender: str = "neutral"
+
+    def _model_file(self) -> Path:
+        root = Path(os.path.expanduser(self.cfg.model_path or ""))
+        name = f"SMPLX_{self.cfg.gender.upper()}.npz"
+        for cand in (root / "smplx" / name, root / name):
+            if cand.is_file():
+                return cand
+        raise UserError(
+            f"SMPL-X model file {name} not found under {str(root)!r}. The 'smplx' body template needs "
+            "the licence-gated SMPL-X files: register at https://smpl-x.is.tue.mpg.de, download "
+            "'SMPL-X v1.1 (NPZ)', and set SMPLX_DIR to the folder that contains smplx/" + name +
+            " (or use the default 'anny' template, which needs no file)."
+        )
+
+    def cache_key(self) -> dict:
+        f = self._model_file()
+        st = f.stat()
+        return {"file": str(f.resolve()), "size": st.st_size, "mtime": int(st.st_mtime), "v": 1}
+
+    def build(self) -> BodyTemplate:
+        import smplx
+
+        f = self._model_file()
+        model = smplx.create(str(f.parent), model_type="smplx", gender=self.cfg.gender, use_pca=False,
+                             flat_hand_mean=True, use_face_contour=False, num_betas=10,
+                             num_expression_coeffs=10, ext="npz").double()
+        body_pose = smplx_apose_body_pose().reshape(1, -1)
+        with torch.no_grad():
+            out = model(body_pose=body_pose, return_full_pose=True)
+        verts, joints = out.vertices[0], out.joints[0]
+        # world rotation of each of the 55 kinematic joints (forward kinematics on axis-angles)
+        from smplx.lbs import batch_rigid_transform, batch_rodrigues
+
+        full = out.full_pose.reshape(-1, 3)
+        rots = batch_rodrigues(full).reshape(1, -1, 3, 3)
+        J_rest = model.J_regressor.double() @ model.v_template.double()
+        _, A = batch_rigid_transform(rots, J_rest[None], model.parents)
+        n_j = J_rest.shape[0]
+        frames = torch.eye(4, dtype=torch.float64).repeat(n_j, 1, 1)
+        frames[:, :3, :3] = A[0, :, :3, :3]
+        frames[:, :3, 3] = joints[:n_j]
+        R, c, s = similarity_to_world(verts, _SMPLX_TO_WORLD)
+        W = model.lbs_weights.double()
+        k = min(8, W.shape[1])
+        sw, si = W.topk(k, dim=-1)
+        sw = sw / sw.sum(-1, keepdim=True)
+        names = [f"smplx_{i}" for i in range(n_j)]
+        return BodyTemplate(
+            vertices=apply_similarity(verts, R, c, s).float(),
+            faces=torch.as_tensor(model.faces.astype("int64")),
+            joints=apply_similarity(joints[:n_j], R, c, s).float(),
+            parents=model.parents.long().clone().where(model.parents >= 0, torch.tensor(-1)),
+            joint_names=names,
+            skin_indices=si.long(),
+            skin_weights=sw.float(),
+            joint_frames=frames_to_world(frames, R, c, s).float(),
+            keypoints=apply_similarity(joints[list(SMPLX_TO_OPENPOSE18)], R, c, s).float(),
+            source="smplx",
+        )

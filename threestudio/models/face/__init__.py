@@ -1,0 +1,2 @@
+"""Face detection + identity embedding (insightface) and aligned crops."""
+from threestudio.models.face import identity  # noqa: F401

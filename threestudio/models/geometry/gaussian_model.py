@@ -1,0 +1,166 @@
+"""3D Gaussians initialised on a body template (method §2.2) with per-attribute learning rates
+(method §2.3) and standard 3DGS PLY import/export."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import threestudio
+from threestudio.models.body.template import BodyTemplate, sample_surface
+from threestudio.ops.gaussians import (
+    inverse_sigmoid,
+    knn_isotropic_log_scale,
+    rgb_to_sh0,
+    sh0_to_rgb,
+)
+from threestudio.utils.base import BaseModule
+from threestudio.utils.ply import read_gaussian_ply, write_gaussian_ply
+from threestudio.utils.typing import Float, Tensor
+
+PARAM_NAMES = ("means", "f_dc", "f_rest", "opacity_logit", "log_scales", "quats")
+
+
+@threestudio.register("body-gaussian-geometry")
+class GaussianModel(BaseModule):
+    """N Gaussians stored as raw parameters (``nn.Parameter``, so they live in checkpoints):
+
+    * ``means`` [N, 3] world positions (template frame, normalised body units);
+    * ``f_dc`` [N, 3] SH degree-0 colour, ``f_rest`` [N, (d+1)²-1, 3] higher SH bands;
+    * ``opacity_logit`` [N] (opacity = sigmoid), ``log_scales`` [N, 3] (scale = exp),
+      ``quats`` [N, 4] (w, x, y, z; normalised on use).
+    """
+
+    @dataclass
+    class Config:
+        num_points: int = 100_000
+        """Surface samples at initialisation (method §2.2)."""
+        sh_degree: int = 0
+        init_color: float = 0.5
+        """Grey level of every Gaussian at start (SH DC = RGB2SH(0.5) = 0)."""
+        init_opacity: float = 0.1
+        knn: int = 3
+        seed: int = 0
+        spatial_lr_scale: float = 4.0
+        """Camera extent of the reference; multiplies the position learning rate (method §2.3)."""
+        lr_means: float = 5.0e-5
+        lr_means_final: float = 2.5e-5
+        lr_means_max_steps: int = 30_000
+        """Log-linear decay horizon of the position lr (the reference never reaches its end)."""
+        lr_f_dc: float = 0.0125
+        lr_f_rest: float = 0.0125 / 20
+        lr_opacity: float = 0.01
+        lr_scales: float = 0.005
+        lr_quats: float = 0.001
+
+    def configure(self) -> None:
+        n = 1
+        k = (self.cfg.sh_degree + 1) ** 2 - 1
+        self.means = nn.Parameter(torch.zeros(n, 3))
+        self.f_dc = nn.Parameter(torch.zeros(n, 3))
+        self.f_rest = nn.Parameter(torch.zeros(n, k, 3))
+        self.opacity_logit = nn.Parameter(torch.zeros(n))
+        self.log_scales = nn.Parameter(torch.zeros(n, 3))
+        self.quats = nn.Parameter(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+    # ----------------------------------------------------------------- construction
+    def init_from_template(self, template: BodyTemplate) -> "GaussianModel":
+        """Sample ``num_points`` Gaussians on the template surface (method §2.2)."""
+        pts, _, _ = sample_surface(template, self.cfg.num_points, seed=self.cfg.seed)
+        n = pts.shape[0]
+        self.set_params({
+            "means": pts,
+            "f_dc": rgb_to_sh0(torch.full((n, 3), self.cfg.init_color)),
+            "f_rest": torch.zeros(n, (self.cfg.sh_degree + 1) ** 2 - 1, 3),
+            "opacity_logit": inverse_sigmoid(torch.full((n,), self.cfg.init_opacity)),
+            "log_scales": knn_isotropic_log_scale(pts, self.cfg.knn),
+            "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+        })
+        return self
+
+    def set_params(self, params: dict[str, Tensor]) -> None:
+        """Replace all parameters (new ``nn.Parameter`` objects; rebuild optimisers after)."""
+        dev = self.means.device
+        for name in PARAM_NAMES:
+            setattr(self, name, nn.Parameter(torch.as_tensor(params[name], dtype=torch.float32).to(dev).contiguous()))
+
+    @property
+    def num_points(self) -> int:
+        return self.means.shape[0]
+
+    # ----------------------------------------------------------------- activations
+    @property
+    def opacities(self) -> Float[Tensor, "N"]:
+        return torch.sigmoid(self.opacity_logit)
+
+    @property
+    def scales(self) -> Float[Tensor, "N 3"]:
+        return torch.exp(self.log_scales)
+
+    @property
+    def rotations(self) -> Float[Tensor, "N 4"]:
+        return F.normalize(self.quats, dim=-1)
+
+    @property
+    def colors(self) -> Float[Tensor, "N 3"]:
+        """View-independent RGB from the SH DC term (SH degree 0, method §2.2)."""
+        return sh0_to_rgb(self.f_dc)
+
+    # ----------------------------------------------------------------- optimisation
+    def param_groups(self) -> list[dict]:
+        """Adam parameter groups with the learning rates of method §2.3 (eps 1e-15 set by caller)."""
+        c = self.cfg
+        return [
+            {"params": [self.means], "lr": c.lr_means * c.spatial_lr_scale, "name": "means"},
+            {"params": [self.f_dc], "lr": c.lr_f_dc, "name": "f_dc"},
+            {"params": [self.f_rest], "lr": c.lr_f_rest, "name": "f_rest"},
+            {"params": [self.opacity_logit], "lr": c.lr_opacity, "name": "opacity_logit"},
+            {"params": [self.log_scales], "lr": c.lr_scales, "name": "log_scales"},
+            {"params": [self.quats], "lr": c.lr_quats, "name": "quats"},
+        ]
+
+    def means_lr(self, step: int) -> float:
+        """Log-linear position lr (3DGS ``get_expon_lr_func`` without delay)."""
+        c = self.cfg
+        t = min(max(step / max(c.lr_means_max_steps, 1), 0.0), 1.0)
+        lr0, lr1 = c.lr_means * c.spatial_lr_scale, c.lr_means_final * c.spatial_lr_scale
+        return float(np.exp(np.log(lr0) * (1 - t) + np.log(lr1) * t))
+
+    # ----------------------------------------------------------------- checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The Gaussian count changes with densification: resize before the copy so that a
+        # checkpoint of any size loads (resume, method §12.15).
+        for name in PARAM_NAMES:
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
+                setattr(self, name, nn.Parameter(torch.empty_like(state_dict[key], device=self.means.device)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ----------------------------------------------------------------- PLY
+    def numpy_params(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k).detach().float().cpu().numpy() for k in PARAM_NAMES}
+
+    def save_ply(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write a standard 3DGS PLY (see :mod:`threestudio.utils.ply`) atomically."""
+        write_gaussian_ply(path, self.numpy_params(), extra)
+
+    def load_ply(self, path: str | Path) -> dict:
+        """Load Gaussians from a 3DGS PLY; returns the extra per-vertex properties.
+
+        Raises:
+            UserError: not a 3DGS PLY, or its SH degree does not match ``cfg.sh_degree``.
+        """
+        from threestudio.utils.errors import UserError
+
+        params, extra = read_gaussian_ply(path)
+        k = (self.cfg.sh_degree + 1) ** 2 - 1
+        if params["f_rest"].shape[1] != k:
+            raise UserError(f"{path}: has {params['f_rest'].shape[1]} f_rest bands per channel, this "
+                            f"model expects SH degree {self.cfg.sh_degree} ({k}); set "
+                            "system.geometry.sh_degree accordingly")
+        self.set_params({k_: torch.from_numpy(v) for k_, v in params.items()})
+        return extra

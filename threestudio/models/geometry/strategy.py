@@ -1,0 +1,130 @@
+"""Densify/prune strategy (gsplat style: a policy dataclass + the pure ops of ``ops/densify.py``).
+
+Fixes over the reference (method §2.4, §12.2, §12.4): statistics use the true, unscaled
+screen-space gradients; the configured opacity threshold is used as given; prune-only events fire
+on their schedule; optimiser moments are carried over for kept Gaussians and zero for new ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from threestudio.models.geometry.gaussian_model import PARAM_NAMES, GaussianModel
+from threestudio.ops.densify import densify_masks, ndc_grad_norm, prune_mask, split_children
+from threestudio.utils.config import parse_structured
+
+
+@dataclass
+class DensifyPolicy:
+    densify_steps: list = field(default_factory=lambda: [500, 1000, 1500])
+    """Steps at which clone/split + prune run (reference: every 500 in (200, 1700))."""
+    prune_steps: list = field(default_factory=lambda: [1800])
+    """Steps of prune-only events (reference: 1800)."""
+    stats_until: int = 1900
+    """Accumulate gradient statistics up to this step."""
+    grad_threshold: float = 2.0e-4
+    """Mean NDC gradient norm above which a Gaussian is densified."""
+    percent_dense: float = 0.01
+    scene_extent: float = 4.0
+    """Clone if max scale <= percent_dense * scene_extent, else split (0.04 world units)."""
+    n_split: int = 2
+    densify_min_opacity: float = 0.05
+    prune_min_opacity: float = 0.04
+    prune_max_world_size: float = 0.015
+    """Prune-only: remove Gaussians whose largest scale exceeds this (world units); <=0 disables."""
+    max_screen_size: float = 0.0
+    """Also prune Gaussians whose 2-D radius exceeded this many pixels; 0 disables (reference)."""
+    max_points: int = 2_000_000
+    """Never densify beyond this many Gaussians."""
+
+
+class DensifyStrategy:
+    """Accumulates statistics after each backward and edits the model + Adam state at events."""
+
+    def __init__(self, cfg: dict | None = None):
+        self.cfg = parse_structured(DensifyPolicy, cfg)
+        self.reset(0)
+
+    def reset(self, n: int, device=None) -> None:
+        self.grad_accum = torch.zeros(n, device=device)
+        self.denom = torch.zeros(n, device=device)
+        self.max_radii = torch.zeros(n, device=device)
+
+    @torch.no_grad()
+    def accumulate(self, step: int, means2d_grad, radii, width: int, height: int) -> None:
+        """Add one step's statistics. ``means2d_grad`` [B, N, 2] dL/d(pixel), ``radii`` [B, N]."""
+        if step > self.cfg.stats_until or means2d_grad is None:
+            return
+        n = radii.shape[1]
+        if self.grad_accum.shape[0] != n:
+            self.reset(n, radii.device)
+        vis = (radii > 0).any(0)
+        g = ndc_grad_norm(means2d_grad.float(), width, height)
+        self.grad_accum[vis] += g[vis]
+        self.denom[vis] += 1
+        self.max_radii[vis] = torch.maximum(self.max_radii[vis], radii.max(0).values[vis].float())
+
+    @torch.no_grad()
+    def step(self, step: int, model: GaussianModel, optimizer) -> dict:
+        """Run the densify / prune event scheduled at ``step`` (if any). Returns counts for logging."""
+        c = self.cfg
+        info = {}
+        if step in c.densify_steps and self.denom.shape[0] == model.num_points:
+            grad_mean = torch.nan_to_num(self.grad_accum / self.denom.clamp_min(1))
+            grad_mean[self.denom == 0] = 0
+            params = {k: getattr(model, k).detach() for k in PARAM_NAMES}
+            max_scale = torch.exp(params["log_scales"]).max(-1).values
+            clone, split = densify_masks(grad_mean, max_scale, c.grad_threshold, c.percent_dense * c.scene_extent)
+            budget = c.max_points - model.num_points
+            if budget <= 0:
+                clone[:] = False
+                split[:] = False
+            new = {k: torch.cat([params[k][clone], v]) for k, v in split_children(params, split, c.n_split).items()}
+            keep = ~split
+            _edit(model, optimizer, keep, new)
+            n_after_grow = model.num_points
+            opac = torch.sigmoid(model.opacity_logit.detach())
+            radii = torch.cat([self.max_radii[keep], torch.zeros(new["means"].shape[0], device=opac.device)])
+            pm = prune_mask(opac, torch.exp(model.log_scales.detach()).max(-1).values, c.densify_min_opacity,
+                            None, radii, c.max_screen_size or None)
+            _edit(model, optimizer, ~pm, None)
+            info = {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(pm.sum()),
+                    "grown_to": n_after_grow, "points": model.num_points}
+            self.reset(model.num_points, model.means.device)
+        elif step in c.prune_steps:
+            opac = torch.sigmoid(model.opacity_logit.detach())
+            pm = prune_mask(opac, torch.exp(model.log_scales.detach()).max(-1).values, c.prune_min_opacity,
+                            c.prune_max_world_size if c.prune_max_world_size > 0 else None)
+            _edit(model, optimizer, ~pm, None)
+            info = {"pruned": int(pm.sum()), "points": model.num_points}
+            self.reset(model.num_points, model.means.device)
+        return info
+
+
+def _edit(model: GaussianModel, optimizer, keep: torch.Tensor, new: dict | None) -> None:
+    """Keep ``keep``-masked Gaussians, append ``new`` ones; carry Adam moments (zeros for new)."""
+    by_param = {}
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            p = group["params"][0]
+            by_param[id(p)] = group
+    for name in PARAM_NAMES:
+        old = getattr(model, name)
+        data = old.detach()[keep]
+        if new is not None:
+            data = torch.cat([data, new[name].to(data)])
+        p_new = torch.nn.Parameter(data.contiguous())
+        group = by_param.get(id(old))
+        if group is not None:
+            state = optimizer.state.pop(old, None)
+            group["params"][0] = p_new
+            if state:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        s = state[key][keep]
+                        if new is not None:
+                            s = torch.cat([s, torch.zeros_like(new[name]).to(s)])
+                        state[key] = s.contiguous()
+                optimizer.state[p_new] = state
+        setattr(model, name, p_new)

@@ -1,0 +1,222 @@
+"""Stage-1 guidance: Realistic Vision (SD-1.5) + sd-vae-ft-mse + OpenPose ControlNet + IP-Adapter
+FaceID-Plus-v2 with the CLIP ViT-H image encoder (method §5), producing the AHDS / ANPG score
+distillation gradient (method §6).
+
+Everything is loaded with diffusers/transformers ``from_pretrained`` (hub ids or local folders) and
+``load_ip_adapter``; the same code loads the tiny random models of the ``tiny`` preset. Fixes over
+the reference: bf16 (not fp16) on GPU; the ControlNet sees the 77 text tokens only (method §5.2);
+the CLIP crop is RGB; the timestep schedule follows the configured step count.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import threestudio
+from threestudio.models.face.identity import FaceIdentity
+from threestudio.models.guidance.hub import download_hint, is_available
+from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, sds_loss
+from threestudio.utils.base import BaseObject
+from threestudio.utils.errors import MissingModelError
+from threestudio.utils.typing import Float, Tensor
+
+
+@dataclass
+class ConditioningBranch:
+    """One of the three ANPG branches: ArcFace id [1, 512] and CLIP penultimate states [1, L, C]."""
+
+    id_embeds: Tensor
+    clip_embeds: Tensor
+
+
+@threestudio.register("faceid-controlnet-guidance")
+class FaceIDControlNetGuidance(BaseObject):
+    @dataclass
+    class Config:
+        pretrained_model_name_or_path: str = "SG161222/Realistic_Vision_V4.0_noVAE"
+        """UNet, text encoder and tokenizer (diffusers layout)."""
+        vae_name_or_path: str = "stabilityai/sd-vae-ft-mse"
+        controlnet_name_or_path: str = "lllyasviel/control_v11p_sd15_openpose"
+        ip_adapter_name_or_path: str = "h94/IP-Adapter-FaceID"
+        ip_adapter_weight_name: str = "ip-adapter-faceid-plusv2_sd15.bin"
+        image_encoder_name_or_path: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+        irr_image_path: str = "${repo:'threestudio/assets/irr_woman.png'}"
+        """Irrelevant identity for the null branch (method §5.2)."""
+        face: dict = field(default_factory=dict)
+        """Config of the face identity extractor (``insightface-face-id``)."""
+        local_files_only: bool = True
+        """Never download at run time (set false to let diffusers fetch missing weights)."""
+        dtype: str = "auto"
+        """``auto`` = bf16 on CUDA, fp32 on CPU; or ``bf16`` / ``fp16`` / ``fp32``."""
+        guidance_scale: float = 7.5
+        ipa_scale: float = 0.5
+        """IP-Adapter attention scale (method §5.2, stage 1)."""
+        ipa_shortcut_scale: float = 0.4
+        """FaceID-Plus-v2 shortcut scale s (tokens = x + s·perceiver)."""
+        controlnet_scale: float = 1.0
+        anpg_t_threshold: int = 170
+        grad_clip_threshold: float = 1.0
+        """Per-latent-pixel L2 bound of the SDS gradient; <= 0 disables."""
+        sds_resolution: int = 512
+        """Renders are resized to this before VAE encoding (method §6.1 step 1)."""
+        max_t: int = 800
+        n_steps: int = 0
+        """Steps the AHDS schedule spans; 0 = trainer.max_steps (set by the system)."""
+
+    # ------------------------------------------------------------------ availability
+    def required_models(self) -> list[tuple[str, str, str, str]]:
+        """(what, name_or_path, marker file, download include) of every pretrained component."""
+        c = self.cfg
+        return [
+            ("UNet (Realistic Vision V4.0 noVAE)", c.pretrained_model_name_or_path, "unet/config.json",
+             "--include 'unet/*' 'text_encoder/*' 'tokenizer/*'"),
+            ("CLIP text encoder", c.pretrained_model_name_or_path, "text_encoder/config.json", ""),
+            ("CLIP tokenizer", c.pretrained_model_name_or_path, "tokenizer/tokenizer_config.json", ""),
+            ("VAE (sd-vae-ft-mse)", c.vae_name_or_path, "config.json", ""),
+            ("OpenPose ControlNet", c.controlnet_name_or_path, "config.json", ""),
+            ("IP-Adapter FaceID-Plus-v2", c.ip_adapter_name_or_path, c.ip_adapter_weight_name, c.ip_adapter_weight_name),
+            ("CLIP ViT-H image encoder", c.image_encoder_name_or_path, "config.json",
+             "--include config.json model.safetensors"),
+        ]
+
+    def missing(self) -> list[str]:
+        """One line per missing model with how to obtain it (fast; no network)."""
+        out, seen = [], set()
+        for what, name, marker, include in self.required_models():
+            if not is_available(name, marker) and (name, marker) not in seen:
+                seen.add((name, marker))
+                out.append(f"{what}: {name} ({marker} not found) -> {download_hint(name, include)}")
+        out += FaceIdentity(self.cfg.face).missing()
+        return out
+
+    # ------------------------------------------------------------------ loading
+    def configure(self) -> None:
+        self.loaded = False
+
+    def load(self, device: torch.device) -> None:
+        """Load every network onto ``device`` (frozen, eval).
+
+        Raises:
+            MissingModelError: lists each missing model and how to obtain it.
+        """
+        miss = self.missing()
+        if miss:
+            raise MissingModelError("missing pretrained models:\n  " + "\n  ".join(miss))
+        from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
+        from transformers import CLIPVisionModelWithProjection
+
+        c = self.cfg
+        self.device = torch.device(device)
+        if c.dtype == "auto":
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[c.dtype]
+        kw = {"local_files_only": c.local_files_only}
+        unet = UNet2DConditionModel.from_pretrained(c.pretrained_model_name_or_path, subfolder="unet", **kw)
+        vae = AutoencoderKL.from_pretrained(c.vae_name_or_path, **kw)
+        controlnet = ControlNetModel.from_pretrained(c.controlnet_name_or_path, **kw)
+        self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                                       steps_offset=1)
+        pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+                                                 controlnet=controlnet, scheduler=self.scheduler, safety_checker=None,
+                                                 feature_extractor=None, image_encoder=None,
+                                                 requires_safety_checker=False)
+        pipe.load_ip_adapter(c.ip_adapter_name_or_path, subfolder="", weight_name=c.ip_adapter_weight_name,
+                             image_encoder_folder=None, **kw)
+        pipe.set_ip_adapter_scale(c.ipa_scale)
+        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(c.image_encoder_name_or_path, **kw)
+        self.unet, self.vae, self.controlnet = pipe.unet, pipe.vae, pipe.controlnet
+        for m in (self.unet, self.vae, self.controlnet, self.image_encoder):
+            m.to(self.device, self.dtype).eval().requires_grad_(False)
+        proj = self.unet.encoder_hid_proj.image_projection_layers[0]
+        proj.shortcut, proj.shortcut_scale = True, c.ipa_shortcut_scale
+        self.ip_projection = proj
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
+        self.loaded = True
+
+    # ------------------------------------------------------------------ identity conditioning
+    @torch.no_grad()
+    def clip_embeds(self, crop_rgb: np.ndarray | None) -> Tensor:
+        """Penultimate CLIP hidden states [1, L, C] of a 224² RGB uint8 crop (None -> the all-zero
+        normalised image of the negative branch, method §5.2)."""
+        from transformers import CLIPImageProcessor
+
+        size = self.image_encoder.config.image_size
+        if crop_rgb is None:
+            pix = torch.zeros(1, 3, size, size)
+        else:
+            proc = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+            pix = proc(images=crop_rgb, return_tensors="pt").pixel_values
+        out = self.image_encoder(pix.to(self.device, self.dtype), output_hidden_states=True)
+        return out.hidden_states[-2]
+
+    def prepare_identity(self, face_image: str) -> dict[str, ConditioningBranch]:
+        """Positive (the user's face), null (irrelevant identity) and negative (zero id, zero image)
+        conditioning of method §5.2. Raises ``UserError`` if no face is found."""
+        fid = FaceIdentity(self.cfg.face)
+        pos, irr = fid(face_image), fid(self.cfg.irr_image_path)
+        to_t = lambda e: torch.from_numpy(e)[None].to(self.device, self.dtype)  # noqa: E731
+        self.branches = {
+            "neg": ConditioningBranch(torch.zeros(1, 512, device=self.device, dtype=self.dtype), self.clip_embeds(None)),
+            "pos": ConditioningBranch(to_t(pos.embedding), self.clip_embeds(pos.crop)),
+            "null": ConditioningBranch(to_t(irr.embedding), self.clip_embeds(irr.crop)),
+        }
+        return self.branches
+
+    # ------------------------------------------------------------------ denoiser
+    def predict_noise(self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list[ConditioningBranch],
+                      pose: Tensor, ipa_scale: float | None = None) -> Tensor:
+        """ε̂ for a batch whose rows are grouped by ``branches`` (len(branches) equal chunks).
+
+        Args:
+            latents_t: [n, 4, h, w] noisy latents; t: [n] timesteps; text: [n, 77, D] text tokens;
+            pose: [n, 3, h·f, w·f] OpenPose images in [0, 1] (f = VAE factor).
+        """
+        n, k = latents_t.shape[0], len(branches)
+        per = n // k
+        ids = torch.cat([b.id_embeds.expand(per, -1) for b in branches])[:, None]
+        self.ip_projection.clip_embeds = torch.cat([b.clip_embeds.expand(per, -1, -1) for b in branches])[:, None]
+        down, mid = self.controlnet(latents_t, t, encoder_hidden_states=text, controlnet_cond=pose,
+                                    conditioning_scale=self.cfg.controlnet_scale, return_dict=False)
+        return self.unet(latents_t, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [ids]},
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+    def encode_images(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
+        """Resize to ``sds_resolution`` and VAE-encode (posterior sample, gradient flows)."""
+        x = F.interpolate(rgb.permute(0, 3, 1, 2), size=(self.cfg.sds_resolution,) * 2, mode="bilinear",
+                          align_corners=False)
+        z = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist.sample()
+        return z * self.vae.config.scaling_factor
+
+    def __call__(self, rgb: Float[Tensor, "B H W 3"], pose: Float[Tensor, "B Hp Wp 3"], text_pos: Tensor,
+                 text_neg: Tensor, text_null: Tensor, step: int) -> dict:
+        """AHDS score distillation for one batch of renders (method §6.1).
+
+        Returns ``loss_sds`` (its gradient w.r.t. the latents is g/B), ``grad_norm`` and ``t``.
+        """
+        B = rgb.shape[0]
+        if not hasattr(self, "schedule") or self.schedule.n_steps != self.cfg.n_steps:
+            self.schedule = AHDSSchedule(max(self.cfg.n_steps, 1), self.cfg.max_t)
+        latents = self.encode_images(rgb)
+        t = self.schedule.sample(step, B).to(self.device)
+        with torch.no_grad():
+            noise = torch.randn_like(latents)
+            z_t = self.scheduler.add_noise(latents.detach(), noise, t)
+            size = latents.shape[-1] * self.vae_scale_factor
+            pose_in = F.interpolate(pose.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
+                                    align_corners=False).to(self.dtype)
+            b = self.branches
+            eps = self.predict_noise(torch.cat([z_t] * 3), torch.cat([t] * 3),
+                                     torch.cat([text_neg, text_pos, text_null]).to(self.dtype),
+                                     [b["neg"], b["pos"], b["null"]], torch.cat([pose_in] * 3))
+            eps_neg, eps_pos, eps_null = eps.float().chunk(3)
+            g = anpg_gradient(eps_pos, eps_neg, eps_null, t, self.alphas_cumprod, self.cfg.guidance_scale,
+                              self.cfg.anpg_t_threshold)
+            if self.cfg.grad_clip_threshold > 0:
+                g = clip_grad_per_pixel(g, self.cfg.grad_clip_threshold)
+        return {"loss_sds": sds_loss(latents, g), "grad_norm": g.norm(dim=1).mean(), "t": t}

@@ -1,0 +1,91 @@
+"""View-dependent prompts (method §3.5) and their CLIP text embeddings, cached on disk.
+
+Cache file: ``<cache>/text_embeddings/md5(<model>-<prompt>).pt`` with the [77, D] last hidden state
+of the CLIP text encoder; the encoder is loaded only when an embedding is not cached.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+import threestudio
+from threestudio.models.body.base import cache_root
+from threestudio.ops.prompts import DIRECTIONS, view_direction, view_suffix
+from threestudio.utils.base import BaseObject
+from threestudio.utils.errors import UserError
+from threestudio.utils.io import atomic_path
+
+DEFAULT_NEGATIVE = ("cloned face, multi face, bad face, poorly drawn face, duplicate face, cropped, out of frame, "
+                    "extra fingers, deformed, blurry, bad proportions, disfigured, fused fingers, long neck")
+
+
+@threestudio.register("view-prompt-processor")
+class ViewPromptProcessor(BaseObject):
+    @dataclass
+    class Config:
+        prompt: str = "???"
+        negative_prompt: str = DEFAULT_NEGATIVE
+        null_prompt: str = ""
+        pretrained_model_name_or_path: str = "SG161222/Realistic_Vision_V4.0_noVAE"
+        local_files_only: bool = True
+        use_cache: bool = True
+
+    def configure(self) -> None:
+        if not str(self.cfg.prompt).strip():
+            raise UserError("the text prompt is empty: describe the person, e.g. \"A man wearing a green t-shirt\"")
+        self.embeddings: dict[str, torch.Tensor] = {}
+
+    def all_prompts(self) -> list[str]:
+        p = self.cfg.prompt.strip()
+        out = {self.cfg.negative_prompt, self.cfg.null_prompt}
+        for d in DIRECTIONS:
+            for mode in ("body", "head", "back"):
+                for av in (False, True):
+                    out.add(p + view_suffix(d, mode, av))
+        return sorted(out)
+
+    def _cache_file(self, prompt: str):
+        h = hashlib.md5(f"{self.cfg.pretrained_model_name_or_path}-{prompt}".encode()).hexdigest()
+        return cache_root() / "text_embeddings" / f"{h}.pt"
+
+    def prepare(self, device) -> None:
+        """Compute (or load) the embeddings of every prompt this run can need."""
+        todo = []
+        for p in self.all_prompts():
+            f = self._cache_file(p)
+            if self.cfg.use_cache and f.is_file():
+                self.embeddings[p] = torch.load(f, map_location="cpu", weights_only=True)
+            else:
+                todo.append(p)
+        if todo:
+            from transformers import CLIPTextModel, CLIPTokenizer
+
+            name, kw = self.cfg.pretrained_model_name_or_path, {"local_files_only": self.cfg.local_files_only}
+            tok = CLIPTokenizer.from_pretrained(name, subfolder="tokenizer", **kw)
+            enc = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **kw).to(device).eval()
+            with torch.no_grad():
+                for i in range(0, len(todo), 16):
+                    chunk = todo[i:i + 16]
+                    ids = tok(chunk, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                              return_tensors="pt").input_ids.to(device)
+                    hs = enc(ids)[0].float().cpu()
+                    for p, e in zip(chunk, hs):
+                        self.embeddings[p] = e.clone()
+                        if self.cfg.use_cache:
+                            with atomic_path(self._cache_file(p)) as tmp:
+                                torch.save(e.clone(), tmp)
+            del enc
+
+    def __call__(self, azimuth: torch.Tensor, mode: str, all_visible: torch.Tensor) -> dict:
+        """Text embeddings for a batch of views.
+
+        Returns ``pos``, ``neg``, ``null`` [B, 77, D] (CPU) and ``prompts`` (the B positive strings).
+        """
+        p = self.cfg.prompt.strip()
+        prompts = [p + view_suffix(view_direction(float(a)), mode, bool(v)) for a, v in zip(azimuth, all_visible)]
+        pos = torch.stack([self.embeddings[q] for q in prompts])
+        B = len(prompts)
+        return {"pos": pos, "neg": self.embeddings[self.cfg.negative_prompt].expand(B, -1, -1),
+                "null": self.embeddings[self.cfg.null_prompt].expand(B, -1, -1), "prompts": prompts}

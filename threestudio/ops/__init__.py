@@ -1,0 +1,1 @@
+"""Pure tensor math: no state, no I/O, CPU-testable."""

@@ -1,0 +1,67 @@
+"""Pure densify/prune operations of 3DGS (Kerbl et al. 2023, §5.2; method §2.4).
+
+Everything works on dicts of raw Gaussian parameters (``means``, ``f_dc``, ``f_rest``,
+``opacity_logit``, ``log_scales``, ``quats``), so the same ops serve any optimiser wrapper.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from threestudio.ops.gaussians import quat_to_rotmat
+from threestudio.utils.typing import Bool, Float, Tensor
+
+
+def ndc_grad_norm(
+    means2d_grad: Float[Tensor, "B N 2"], width: int, height: int
+) -> Float[Tensor, "N"]:
+    """Norm of the view-summed screen-space mean gradient in NDC units (method §2.4).
+
+    ``means2d_grad`` is dL/d(pixel position); NDC spans 2 over the image, so
+    dL/d(ndc) = dL/d(pixel) * (W/2, H/2). The reference sums the batch views' gradients first.
+    It must be the true gradient (no loss scaling): Lightning's 16-mixed GradScaler leaves it
+    multiplied by ≥2^16 (method §12.2), which is why GPU runs use bf16 (no scaler).
+    """
+    g = means2d_grad.sum(0) * torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
+    return g.norm(dim=-1)
+
+
+def densify_masks(
+    grad_mean: Float[Tensor, "N"], max_scale: Float[Tensor, "N"], grad_threshold: float, scale_threshold: float
+) -> tuple[Bool[Tensor, "N"], Bool[Tensor, "N"]]:
+    """``(clone, split)``: large-gradient Gaussians that are small (clone) or large (split)."""
+    hot = grad_mean >= grad_threshold
+    return hot & (max_scale <= scale_threshold), hot & (max_scale > scale_threshold)
+
+
+def split_children(
+    params: dict[str, Tensor], mask: Bool[Tensor, "N"], n_children: int = 2
+) -> dict[str, Tensor]:
+    """Children of the masked Gaussians: centres sampled from the parent's Gaussian, scales divided by
+    ``0.8 * n_children`` (3DGS), all other attributes copied."""
+    sel = {k: v[mask] for k, v in params.items()}
+    scales = torch.exp(sel["log_scales"]).repeat(n_children, 1)
+    noise = torch.randn_like(scales)
+    offsets = (quat_to_rotmat(sel["quats"]).repeat(n_children, 1, 1) @ (noise * scales)[..., None])[..., 0]
+    out = {k: v.repeat(n_children, *([1] * (v.dim() - 1))) for k, v in sel.items()}
+    out["means"] = out["means"] + offsets
+    out["log_scales"] = out["log_scales"] - math.log(0.8 * n_children)
+    return out
+
+
+def prune_mask(
+    opacity: Float[Tensor, "N"],
+    max_scale: Float[Tensor, "N"],
+    min_opacity: float,
+    max_world_size: float | None = None,
+    max_radii2d: Float[Tensor, "N"] | None = None,
+    max_screen_size: float | None = None,
+) -> Bool[Tensor, "N"]:
+    """True for Gaussians to remove: transparent, too large in the world, or too large on screen."""
+    m = opacity < min_opacity
+    if max_world_size is not None:
+        m = m | (max_scale > max_world_size)
+    if max_screen_size is not None and max_radii2d is not None:
+        m = m | (max_radii2d > max_screen_size)
+    return m

@@ -1,0 +1,2 @@
+"""One Lightning system per pipeline stage."""
+from threestudio.systems import ahds  # noqa: F401

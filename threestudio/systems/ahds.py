@@ -1,0 +1,178 @@
+"""Stage 1 of GaussianIP: Adaptive Human Distillation Sampling (AHDS, method §6) of 3D Gaussians
+initialised on a body template, with densify/prune, validation renders, and at the end
+``save/avatar.ply`` + ``save/turntable.mp4``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import threestudio
+from threestudio.models.face.identity import FaceIdentity, load_image_rgb
+from threestudio.models.geometry.strategy import DensifyStrategy
+from threestudio.ops.openpose import skeleton_images
+from threestudio.ops.sds import sparsity_loss
+from threestudio.systems.base import BaseSystem
+from threestudio.utils.config import parse_structured
+from threestudio.utils.errors import MissingModelError, UserError
+from threestudio.utils.io import save_image, save_video
+
+
+@threestudio.register("gaussianip-ahds-system")
+class AHDSSystem(BaseSystem):
+    @dataclass
+    class Config:
+        face_image: str = "???"
+        """Portrait of the person (any format Pillow reads); the largest face is used."""
+        body_type: str = "anny-body"
+        body: dict = field(default_factory=dict)
+        geometry_type: str = "body-gaussian-geometry"
+        geometry: dict = field(default_factory=dict)
+        renderer_type: str = "auto"
+        """``auto``: gsplat on CUDA, the pure-torch rasterizer on CPU."""
+        renderer: dict = field(default_factory=dict)
+        guidance_type: str = "faceid-controlnet-guidance"
+        guidance: dict = field(default_factory=dict)
+        prompt_processor_type: str = "view-prompt-processor"
+        prompt_processor: dict = field(default_factory=dict)
+        densify: dict = field(default_factory=dict)
+        """:class:`DensifyPolicy` fields."""
+        pose_resolution: int = 512
+        """Size of the OpenPose condition images (= guidance.sds_resolution)."""
+        lambda_sds: float = 1.0
+        lambda_sparsity: float = 1.0
+        turntable_fps: int = 30
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def preflight(cls, cfg: dict, mode: str) -> None:
+        c = parse_structured(cls.Config, cfg)
+        for kind in ("body_type", "geometry_type", "guidance_type", "prompt_processor_type"):
+            threestudio.find(getattr(c, kind))
+        if c.renderer_type != "auto":
+            threestudio.find(c.renderer_type)
+        threestudio.find(c.body_type)(c.body)  # validates the body config
+        parse_structured(threestudio.find(c.geometry_type).Config, c.geometry)
+        from threestudio.models.geometry.strategy import DensifyPolicy
+
+        parse_structured(DensifyPolicy, c.densify)
+        if mode != "train":
+            return
+        threestudio.find(c.prompt_processor_type)(c.prompt_processor)  # rejects an empty prompt
+        load_image_rgb(c.face_image)
+        guidance = threestudio.find(c.guidance_type)(c.guidance)
+        missing = guidance.missing()
+        if missing:
+            raise MissingModelError("missing pretrained models (nothing was started):\n  " + "\n  ".join(missing))
+        FaceIdentity(guidance.cfg.face)(c.face_image)  # "no face" fails here, before any output
+
+    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 2400):
+        super().__init__(cfg, trial_dir)
+        self.max_steps = max_steps
+        self.template = threestudio.find(self.cfg.body_type)(self.cfg.body).template()
+        self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry).init_from_template(self.template)
+        self.strategy = DensifyStrategy(self.cfg.densify)
+        self._renderer = None
+        self._val_images: list = []
+        self._test_frames: list = []
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            name = self.cfg.renderer_type
+            if name == "auto":
+                name = "gsplat-renderer" if self.device.type == "cuda" else "torch-splat-renderer"
+            self._renderer = threestudio.find(name)(self.cfg.renderer)
+        return self._renderer
+
+    def on_fit_start(self) -> None:
+        gcfg = dict(self.cfg.guidance)
+        gcfg["n_steps"] = gcfg.get("n_steps") or self.max_steps
+        self.guidance = threestudio.find(self.cfg.guidance_type)(gcfg)
+        self.guidance.load(self.device)
+        self.guidance.prepare_identity(self.cfg.face_image)
+        self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
+        self.prompt_processor.prepare(self.device)
+        self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.geometry.param_groups(), lr=0.0, eps=1e-15)
+
+    # ------------------------------------------------------------------ training
+    def render(self, cams):
+        return self.renderer.render(self.geometry, cams)
+
+    def training_step(self, cams, batch_idx):
+        opt = self.optimizers()  # LightningOptimizer: its step() advances global_step
+        step = self.step
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None:
+            dm.train_dataset.update_step(step + 1)
+        out = self.render(cams)
+        P = self.cfg.pose_resolution
+        pc = cams.resized(P, P)
+        pose, all_vis = skeleton_images(self.template.keypoints.to(self.device), pc.w2c, pc.K, P, P, cams.mode == "head")
+        text = self.prompt_processor(cams.azimuth, cams.mode, all_vis)
+        dev = self.device
+        g = self.guidance(out["comp_rgb"], pose, text["pos"].to(dev), text["neg"].to(dev), text["null"].to(dev), step)
+        losses = {"loss_sds": g["loss_sds"], "loss_sparsity": sparsity_loss(out["opacity"])}
+        loss = self.cfg.lambda_sds * losses["loss_sds"] + self.cfg.lambda_sparsity * losses["loss_sparsity"]
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
+        for group in opt.optimizer.param_groups:
+            if group.get("name") == "means":
+                group["lr"] = self.geometry.means_lr(step)
+        opt.step()
+        info = self.strategy.step(step + 1, self.geometry, opt.optimizer)
+        if info:
+            self.print(f"step {step + 1}: densify/prune {info}")
+        self.log_dict({"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in losses.items()},
+                       "train/t_mean": g["t"].float().mean(), "train/points": float(self.geometry.num_points)},
+                      prog_bar=False, on_step=True, batch_size=len(cams))
+        return loss.detach()
+
+    def on_train_end(self) -> None:
+        self.export()
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint) -> None:
+        s = self.strategy
+        checkpoint["densify_state"] = {"grad_accum": s.grad_accum, "denom": s.denom, "max_radii": s.max_radii}
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        st = checkpoint.get("densify_state")
+        if st:
+            self.strategy.grad_accum, self.strategy.denom, self.strategy.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validation_step(self, cams, batch_idx):
+        self._val_images.append(self.render(cams)["comp_rgb"][0].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_images:
+            n = len(self._val_images) // 2 or 1
+            rows = [torch.cat(self._val_images[i:i + n], dim=1) for i in range(0, len(self._val_images), n)]
+            save_image(self.save_path(f"it{self.step}-val.png"), torch.cat(rows, dim=0))
+        self._val_images = []
+
+    @torch.no_grad()
+    def test_step(self, cams, batch_idx):
+        self._test_frames.append(self.render(cams)["comp_rgb"][0].cpu())
+
+    def on_test_epoch_end(self) -> None:
+        if self._test_frames:
+            save_video(self.save_path("turntable.mp4"), self._test_frames, fps=self.cfg.turntable_fps)
+            self.write_manifest(turntable="save/turntable.mp4")
+        self._test_frames = []
+        self.export()
+
+    def export(self) -> None:
+        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
+        self.geometry.save_ply(self.save_path("avatar.ply"))
+        self.write_manifest(avatar="save/avatar.ply", body=self.cfg.body_type, num_gaussians=self.geometry.num_points,
+                            step=self.step)
+
+
+_ = UserError

@@ -1,0 +1,1 @@
+"""Shared utilities: config parsing, typing vocabulary, errors, I/O."""

@@ -1,0 +1,68 @@
+"""Atomic file writing, images and video."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (atomic on
+    POSIX), on error it is removed, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def to_uint8(img) -> np.ndarray:
+    """[H, W, C] float in [0, 1] (tensor or array) -> uint8 array."""
+    if hasattr(img, "detach"):
+        img = img.detach().float().cpu().numpy()
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image(path: str | Path, img) -> None:
+    """Write a [H, W, 3] float image in [0, 1] (or uint8) as PNG, atomically."""
+    import imageio.v3 as iio
+
+    arr = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, arr, extension=".png")
+
+
+def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
+    """Write frames ([H, W, 3], float [0, 1] or uint8; H, W even) as an H.264 mp4, atomically.
+
+    Uses the ffmpeg binary shipped by ``imageio-ffmpeg``; ``yuv420p`` so common players open it.
+    """
+    import imageio.v2 as iio2
+
+    frames = [f if isinstance(f, np.ndarray) and f.dtype == np.uint8 else to_uint8(f) for f in frames]
+    if not frames:
+        raise ValueError("save_video: no frames")
+    with atomic_path(path) as tmp:
+        w = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                            pixelformat="yuv420p", macro_block_size=2, quality=8)
+        try:
+            for f in frames:
+                w.append_data(f)
+        finally:
+            w.close()
