@@ -25,12 +25,12 @@ prompt="$1"; face="$2"; shift 2
 if [[ -z "${prompt//[[:space:]]/}" ]]; then echo "error: the text prompt is empty" >&2; exit 2; fi
 if [[ ! -f "$face" ]]; then echo "error: face image not found: $face" >&2; exit 2; fi
 face="$(cd "$(dirname "$face")" && pwd)/$(basename "$face")"
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 configs=(--config "$here/configs/ahds.yaml")
 if [[ $tiny == 1 ]]; then
   "$py" -m threestudio.tiny >/dev/null
   configs+=(--config "$here/configs/tiny/ahds.yaml")
 fi
-export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 echo "stage 1/1: AHDS score distillation"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -25,7 +26,8 @@ DEFAULT_NEGATIVE = ("cloned face, multi face, bad face, poorly drawn face, dupli
 class ViewPromptProcessor(BaseObject):
     @dataclass
     class Config:
-        prompt: str = "???"
+        prompt: Optional[str] = "???"
+        """The user's text prompt (view suffixes are appended per view)."""
         negative_prompt: str = DEFAULT_NEGATIVE
         null_prompt: str = ""
         pretrained_model_name_or_path: str = "SG161222/Realistic_Vision_V4.0_noVAE"
@@ -33,7 +35,7 @@ class ViewPromptProcessor(BaseObject):
         use_cache: bool = True
 
     def configure(self) -> None:
-        if not str(self.cfg.prompt).strip():
+        if self.cfg.prompt is None or not str(self.cfg.prompt).strip():
             raise UserError("the text prompt is empty: describe the person, e.g. \"A man wearing a green t-shirt\"")
         self.embeddings: dict[str, torch.Tensor] = {}
 
