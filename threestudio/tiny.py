@@ -123,36 +123,61 @@ def write_arcface_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def build(out: Path) -> Path:
+ARCHITECTURES = {
+    # tiny: seconds on a CPU; VAE and ControlNet conditioning downsample x2
+    "tiny": dict(text=dict(hidden_size=CROSS_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+                 unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
+                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CROSS_DIM,
+                           attention_head_dim=8, norm_num_groups=32),
+                 vae=dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=32),
+                 cond=(16, 32),
+                 vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             projection_dim=32),
+                 lora_rank=LORA_RANK, embed_dim=CROSS_DIM),
+    # sd15: the real SD-1.5 / ControlNet / CLIP ViT-H/14 / FaceID-Plus-v2 sizes, random weights (benchmarks)
+    "sd15": dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           hidden_act="quick_gelu"),
+                 unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+                 vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                          sample_size=512),
+                 cond=(16, 32, 96, 256),
+                 vision=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                             projection_dim=1024, hidden_act="gelu"),
+                 lora_rank=128, embed_dim=768),
+}
+
+
+def build(out: Path, size: str = "tiny") -> Path:
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    arch = ARCHITECTURES[size]
+    dtype = torch.float16 if size != "tiny" else torch.float32  # halve the disk size of big random models
     torch.manual_seed(0)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     vocab = write_clip_tokenizer(tmp / "rv" / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=CROSS_DIM, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=2, max_position_embeddings=77, projection_dim=CROSS_DIM,
-                                 bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-                  ).save_pretrained(tmp / "rv" / "text_encoder")
-    unet = UNet2DConditionModel(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CROSS_DIM,
-                                attention_head_dim=8, norm_num_groups=32)
-    unet.save_pretrained(tmp / "rv" / "unet")
-    (tmp / "rv" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "tiny": True}))
-    AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
-                  sample_size=32).save_pretrained(tmp / "vae")
-    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)).save_pretrained(tmp / "controlnet")
-    vis_cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=224, patch_size=14, projection_dim=32)
-    CLIPVisionModelWithProjection(vis_cfg).save_pretrained(tmp / "image_encoder")
-    sd = faceid_plus_v2_state_dict(unet, clip_hidden=vis_cfg.hidden_size)
+    hid = arch["text"]["hidden_size"]
+    CLIPTextModel(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, projection_dim=hid,
+                                 bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1, **arch["text"])
+                  ).to(dtype).save_pretrained(tmp / "rv" / "text_encoder")
+    unet = UNet2DConditionModel(**arch["unet"])
+    unet.to(dtype).save_pretrained(tmp / "rv" / "unet")
+    (tmp / "rv" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "size": size}))
+    AutoencoderKL(**arch["vae"]).to(dtype).save_pretrained(tmp / "vae")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=arch["cond"]).to(dtype).save_pretrained(tmp / "controlnet")
+    vis_cfg = CLIPVisionConfig(image_size=224, patch_size=14, **arch["vision"])
+    CLIPVisionModelWithProjection(vis_cfg).to(dtype).save_pretrained(tmp / "image_encoder")
+    sd = faceid_plus_v2_state_dict(unet, clip_hidden=vis_cfg.hidden_size, embed_dim=arch["embed_dim"],
+                                   rank=arch["lora_rank"])
+    sd = {k: {n: v.to(dtype) for n, v in d.items()} for k, d in sd.items()}
     (tmp / "ip-adapter").mkdir(parents=True, exist_ok=True)
     torch.save(sd, tmp / "ip-adapter" / "ip-adapter-faceid-plusv2_sd15.bin")
     write_arcface_onnx(tmp / "insightface" / "models" / "tiny_l" / "w600k_r50.onnx")
-    (tmp / "VERSION").write_text(str(TINY_VERSION))
+    (tmp / "VERSION").write_text(str(TINY_VERSION) if size == "tiny" else f"{TINY_VERSION}-{size}")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -171,7 +196,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="folder (default $GIP_TINY_DIR or <repo>/.tiny)")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ap.add_argument("--size", choices=sorted(ARCHITECTURES), default="tiny",
+                    help="tiny (CPU tests) or sd15 (real SD-1.5 sizes, random weights, for GPU benchmarks; ~4 GB)")
     a = ap.parse_args(argv)
+    if a.size != "tiny":
+        if not a.out:
+            ap.error("--size sd15 needs --out")
+        print(f"{a.size} models in {build(Path(a.out), a.size)}")
+        return
     print(f"tiny models in {ensure(Path(a.out) if a.out else None, a.force)}")
 
 

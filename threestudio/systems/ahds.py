@@ -102,12 +102,10 @@ class AHDSSystem(BaseSystem):
     def render(self, cams):
         return self.renderer.render(self.geometry, cams)
 
-    def training_step(self, cams, batch_idx):
-        opt = self.optimizers()  # LightningOptimizer: its step() advances global_step
-        step = self.step
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None:
-            dm.train_dataset.update_step(step + 1)
+    def train_step(self, cams, step: int, optimizer) -> tuple[torch.Tensor, dict, dict]:
+        """One AHDS step without Lightning: render -> skeleton -> prompts -> guidance -> losses ->
+        backward -> densify statistics. The caller steps ``optimizer`` (a plain torch optimizer)
+        and then calls ``self.strategy.step``. Returns (total loss, loss dict, guidance output)."""
         out = self.render(cams)
         P = self.cfg.pose_resolution
         pc = cams.resized(P, P)
@@ -117,12 +115,24 @@ class AHDSSystem(BaseSystem):
         g = self.guidance(out["comp_rgb"], pose, text["pos"].to(dev), text["neg"].to(dev), text["null"].to(dev), step)
         losses = {"loss_sds": g["loss_sds"], "loss_sparsity": sparsity_loss(out["opacity"])}
         loss = self.cfg.lambda_sds * losses["loss_sds"] + self.cfg.lambda_sparsity * losses["loss_sparsity"]
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        optimizer.zero_grad(set_to_none=True)
+        if self._trainer is not None:
+            self.manual_backward(loss)
+        else:
+            loss.backward()
         self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
-        for group in opt.optimizer.param_groups:
+        for group in optimizer.param_groups:
             if group.get("name") == "means":
                 group["lr"] = self.geometry.means_lr(step)
+        return loss, losses, g
+
+    def training_step(self, cams, batch_idx):
+        opt = self.optimizers()  # LightningOptimizer: its step() advances global_step
+        step = self.step
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None:
+            dm.train_dataset.update_step(step + 1)
+        loss, losses, g = self.train_step(cams, step, opt.optimizer)
         opt.step()
         info = self.strategy.step(step + 1, self.geometry, opt.optimizer)
         if info:

@@ -18,6 +18,9 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -58,6 +61,18 @@ def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
     frames = [f if isinstance(f, np.ndarray) and f.dtype == np.uint8 else to_uint8(f) for f in frames]
     if not frames:
         raise ValueError("save_video: no frames")
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:  # fall back to OpenCV's bundled encoder (MPEG-4 part 2)
+        import cv2
+
+        with atomic_path(path) as tmp:
+            h, w = frames[0].shape[:2]
+            vw = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            for f in frames:
+                vw.write(np.ascontiguousarray(f[..., ::-1]))
+            vw.release()
+        return
     with atomic_path(path) as tmp:
         w = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                             pixelformat="yuv420p", macro_block_size=2, quality=8)

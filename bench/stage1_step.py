@@ -1,0 +1,105 @@
+"""One paper-settings stage-1 (AHDS) step on a CUDA GPU with real-size networks in random weights:
+batch 4, 1024² gsplat renders, 512² SDS, 3 conditioning branches (neg/pos/null) through
+ControlNet + UNet with IP-Adapter FaceID-Plus-v2, 100k Gaussians. Reports time per step and peak
+GPU memory for our step (bf16 guidance, fp32 renders) and for a naive reference (the same step with
+fp32 guidance, as the reference ran it in fp16/fp32 without our batching choices).
+
+    python -m threestudio.tiny --size sd15 --out /tmp/sd15     # real-size random models (~4 GB)
+    python bench/stage1_step.py --models /tmp/sd15 --face face.png --template anny.npz --out r.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+
+from common import REPO, emit  # noqa: E402
+
+
+def build_system(models: str, face: str, template: str | None, points: int, res: int, sds: int, dtype: str, trial: str):
+    from threestudio.systems.ahds import AHDSSystem
+    from threestudio.utils.config import load_config
+
+    ov = [f"system.face_image={face}", "system.prompt_processor.prompt=A man wearing a green t-shirt",
+          f"system.geometry.num_points={points}", f"system.pose_resolution={sds}",
+          f"system.guidance.sds_resolution={sds}", f"system.guidance.dtype={dtype}",
+          f"system.guidance.pretrained_model_name_or_path={models}/rv", f"system.guidance.vae_name_or_path={models}/vae",
+          f"system.guidance.controlnet_name_or_path={models}/controlnet",
+          f"system.guidance.ip_adapter_name_or_path={models}/ip-adapter",
+          f"system.guidance.image_encoder_name_or_path={models}/image_encoder",
+          "system.guidance.face.detector=haar", "system.guidance.face.model_name=tiny_l",
+          f"system.guidance.face.root={models}/insightface",
+          f"system.prompt_processor.pretrained_model_name_or_path={models}/rv", "system.prompt_processor.use_cache=false",
+          f"data.height={res}", f"data.width={res}"]
+    if template:
+        ov.append(f"system.body.template_path={template}")
+    cfg = load_config(REPO / "configs" / "ahds.yaml", cli_args=ov)
+    system = AHDSSystem(cfg.system, trial, max_steps=cfg.trainer.max_steps).cuda()
+    system.guidance = __import__("threestudio").find(cfg.system.guidance_type)(dict(cfg.system.guidance, n_steps=2400))
+    system.guidance.load(system.device)
+    system.guidance.prepare_identity(face)
+    from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
+
+    system.prompt_processor = ViewPromptProcessor(cfg.system.prompt_processor)
+    system.prompt_processor.prepare(system.device)
+    return system, cfg
+
+
+def run(system, cfg, steps: int, start_step: int = 1500) -> dict:
+    from threestudio.data.human_cameras import RandomHumanCameras, HumanCameraConfig
+    from threestudio.utils.config import parse_structured
+
+    data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
+    opt = system.configure_optimizers()
+    times, render_ms = [], []
+    torch.cuda.reset_peak_memory_stats()
+    for i in range(steps + 2):
+        s = start_step + i
+        cams = data.sample(step=s).to(system.device)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        loss, _, g = system.train_step(cams, s, opt)
+        opt.step()
+        torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return {"step_s_median": sorted(times)[len(times) // 2], "step_s_all": times,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "loss_finite": bool(torch.isfinite(loss)), "points": system.geometry.num_points}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--face", required=True)
+    ap.add_argument("--template", default=None)
+    ap.add_argument("--points", type=int, default=100_000)
+    ap.add_argument("--res", type=int, default=1024)
+    ap.add_argument("--sds", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    result = {"benchmark": "stage1_step", "batch": 4, "render": a.res, "sds": a.sds, "points": a.points, "branches": 3}
+    for name, dtype in (("ours_bf16", "bf16"), ("reference_fp32", "fp32")):
+        if name.startswith("reference") and a.skip_reference:
+            continue
+        t0 = time.perf_counter()
+        system, cfg = build_system(a.models, a.face, a.template, a.points, a.res, a.sds, dtype, "/tmp/bench_trial")
+        load_s = time.perf_counter() - t0
+        r = run(system, cfg, a.steps)
+        r["load_s"] = load_s
+        result[name] = r
+        del system
+        gc.collect()
+        torch.cuda.empty_cache()
+    if "reference_fp32" in result:
+        result["speedup_vs_fp32"] = result["reference_fp32"]["step_s_median"] / result["ours_bf16"]["step_s_median"]
+        result["memory_ratio_vs_fp32"] = result["ours_bf16"]["peak_gpu_mem_gib"] / result["reference_fp32"]["peak_gpu_mem_gib"]
+    emit(result, a.out)
+
+
+if __name__ == "__main__":
+    main()
