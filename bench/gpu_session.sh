@@ -1,5 +1,13 @@
+#!/usr/bin/env bash
+# All GPU checks and benchmarks of stage 1 in one go (a CUDA machine with torch; other packages from
+# requirements.txt + gsplat, or as wheels in .whl/). Results (JSON, logs) go to $OUT (default bench_out/).
 set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
+OUT="${OUT:-bench_out}"; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 export PYTHONUNBUFFERED=1 GIP_CACHE_DIR=/tmp/gipcache GIP_TINY_DIR=/tmp/tiny GIP_TEMPLATE=$PWD/.bench/anny_template.npz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch, diffusers, gsplat, transformers, peft, omegaconf; print(torch.__version__, diffusers.__version__, gsplat.__version__, transformers.__version__, peft.__version__)" | tee -a $OUT/gpu.txt
