@@ -37,9 +37,21 @@ def build_system(models: str, face: str, template: str | None, points: int, res:
         ov.append(f"system.body.template_path={template}")
     cfg = load_config(REPO / "configs" / "ahds.yaml", cli_args=ov)
     system = AHDSSystem(cfg.system, trial, max_steps=cfg.trainer.max_steps).cuda()
-    system.guidance = __import__("threestudio").find(cfg.system.guidance_type)(dict(cfg.system.guidance, n_steps=2400))
+    system.guidance = __import__("threestudio").find(system.cfg.guidance_type)(dict(cfg.system.guidance, n_steps=2400))
     system.guidance.load(system.device)
-    system.guidance.prepare_identity(face)
+    if face:
+        system.guidance.prepare_identity(face)
+    else:  # synthetic identities (random ArcFace vectors and crops): same tensors, no face detector needed
+        import numpy as np
+
+        from threestudio.models.face.identity import FaceID
+
+        rng = np.random.default_rng(0)
+        fids = []
+        for _ in range(2):
+            e = rng.standard_normal(512).astype(np.float32)
+            fids.append(FaceID(e / np.linalg.norm(e), rng.integers(0, 255, (224, 224, 3), dtype=np.uint8), np.zeros(4)))
+        system.guidance.set_identity(*fids)
     from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
 
     system.prompt_processor = ViewPromptProcessor(cfg.system.prompt_processor)
@@ -73,7 +85,7 @@ def run(system, cfg, steps: int, start_step: int = 1500) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", required=True)
-    ap.add_argument("--face", required=True)
+    ap.add_argument("--face", default="", help="portrait; empty = synthetic identities (no face detector)")
     ap.add_argument("--template", default=None)
     ap.add_argument("--points", type=int, default=100_000)
     ap.add_argument("--res", type=int, default=1024)

@@ -19,7 +19,7 @@ def test_gsplat_agrees_with_torch_rasterizer():
     from threestudio.models.renderers.torch_splat import TorchSplatRenderer
 
     _, m = scene(os.environ.get("GIP_TEMPLATE"), 5000, torch.device("cuda"))
-    cams = Cameras.cat([make_cameras([az], 0.0, 1.8, 50.0, 128, 128, 0.0, "body") for az in (90, -90, 0)]).cuda()
+    cams = Cameras.cat([make_cameras([az], 0.0, 1.8, 50.0, 128, 128, 0.0, "body") for az in (90, -90, 0)]).to("cuda")
     og = GsplatRenderer({}).render(m, cams)
     ot = TorchSplatRenderer({}).render(m, cams)
     mse = ((og["comp_rgb"] - ot["comp_rgb"]) ** 2).mean()

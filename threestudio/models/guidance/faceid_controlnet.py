@@ -159,7 +159,10 @@ class FaceIDControlNetGuidance(BaseObject):
         """Positive (the user's face), null (irrelevant identity) and negative (zero id, zero image)
         conditioning of method §5.2. Raises ``UserError`` if no face is found."""
         fid = FaceIdentity(self.cfg.face)
-        pos, irr = fid(face_image), fid(self.cfg.irr_image_path)
+        return self.set_identity(fid(face_image), fid(self.cfg.irr_image_path))
+
+    def set_identity(self, pos, irr) -> dict[str, ConditioningBranch]:
+        """Build the three branches from the user's and the irrelevant identity's :class:`FaceID`."""
         to_t = lambda e: torch.from_numpy(e)[None].to(self.device, self.dtype)  # noqa: E731
         self.branches = {
             "neg": ConditioningBranch(torch.zeros(1, 512, device=self.device, dtype=self.dtype), self.clip_embeds(None)),
