@@ -18,11 +18,14 @@ import torch
 from common import REPO, emit  # noqa: E402
 
 
+DEVICE = "cuda"
+
+
 def build_system(models: str, face: str, template: str | None, points: int, res: int, sds: int, dtype: str, trial: str):
     from threestudio.systems.ahds import AHDSSystem
     from threestudio.utils.config import load_config
 
-    ov = [f"system.face_image={face}", "system.prompt_processor.prompt=A man wearing a green t-shirt",
+    ov = [f"system.face_image={face or 'synthetic'}", "system.prompt_processor.prompt=A man wearing a green t-shirt",
           f"system.geometry.num_points={points}", f"system.pose_resolution={sds}",
           f"system.guidance.sds_resolution={sds}", f"system.guidance.dtype={dtype}",
           f"system.guidance.pretrained_model_name_or_path={models}/rv", f"system.guidance.vae_name_or_path={models}/vae",
@@ -36,7 +39,7 @@ def build_system(models: str, face: str, template: str | None, points: int, res:
     if template:
         ov.append(f"system.body.template_path={template}")
     cfg = load_config(REPO / "configs" / "ahds.yaml", cli_args=ov)
-    system = AHDSSystem(cfg.system, trial, max_steps=cfg.trainer.max_steps).cuda()
+    system = AHDSSystem(cfg.system, trial, max_steps=cfg.trainer.max_steps).to(DEVICE)
     system.guidance = __import__("threestudio").find(system.cfg.guidance_type)(dict(cfg.system.guidance, n_steps=2400))
     system.guidance.load(system.device)
     if face:
@@ -59,6 +62,11 @@ def build_system(models: str, face: str, template: str | None, points: int, res:
     return system, cfg
 
 
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def run(system, cfg, steps: int, start_step: int = 1500) -> dict:
     from threestudio.data.human_cameras import RandomHumanCameras, HumanCameraConfig
     from threestudio.utils.config import parse_structured
@@ -66,19 +74,19 @@ def run(system, cfg, steps: int, start_step: int = 1500) -> dict:
     data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
     opt = system.configure_optimizers()
     times, render_ms = [], []
-    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.reset_peak_memory_stats() if DEVICE == 'cuda' else None
     for i in range(steps + 2):
         s = start_step + i
         cams = data.sample(step=s).to(system.device)
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         loss, _, g = system.train_step(cams, s, opt)
         opt.step()
-        torch.cuda.synchronize()
+        sync()
         if i >= 2:
             times.append(time.perf_counter() - t)
     return {"step_s_median": sorted(times)[len(times) // 2], "step_s_all": times,
-            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0,
             "loss_finite": bool(torch.isfinite(loss)), "points": system.geometry.num_points}
 
 
@@ -93,7 +101,10 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (a smoke check with tiny models)")
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = a.device
     result = {"benchmark": "stage1_step", "batch": 4, "render": a.res, "sds": a.sds, "points": a.points, "branches": 3}
     for name, dtype in (("ours_bf16", "bf16"), ("reference_fp32", "fp32")):
         if name.startswith("reference") and a.skip_reference:
@@ -106,10 +117,11 @@ def main():
         result[name] = r
         del system
         gc.collect()
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache() if DEVICE == 'cuda' else None
     if "reference_fp32" in result:
         result["speedup_vs_fp32"] = result["reference_fp32"]["step_s_median"] / result["ours_bf16"]["step_s_median"]
-        result["memory_ratio_vs_fp32"] = result["ours_bf16"]["peak_gpu_mem_gib"] / result["reference_fp32"]["peak_gpu_mem_gib"]
+        if result["reference_fp32"]["peak_gpu_mem_gib"] > 0:
+            result["memory_ratio_vs_fp32"] = result["ours_bf16"]["peak_gpu_mem_gib"] / result["reference_fp32"]["peak_gpu_mem_gib"]
     emit(result, a.out)
 
 
