@@ -145,7 +145,7 @@ def run(args) -> int:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         system.load_state_dict(state["state_dict"])
         system.export()
-    print(f"results in {trial_dir}")
+    print(f"results in {trial_dir.resolve()}")
     return 0
 
 
