@@ -12,14 +12,13 @@ from threestudio.models.face.identity import FaceIdentity, load_image_rgb
 from threestudio.models.geometry.strategy import DensifyStrategy
 from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.sds import sparsity_loss
-from threestudio.systems.base import BaseSystem
+from threestudio.systems.base import GaussianSystem
 from threestudio.utils.config import parse_structured
-from threestudio.utils.errors import MissingModelError, UserError
-from threestudio.utils.io import save_image, save_video
+from threestudio.utils.errors import MissingModelError
 
 
 @threestudio.register("gaussianip-ahds-system")
-class AHDSSystem(BaseSystem):
+class AHDSSystem(GaussianSystem):
     @dataclass
     class Config:
         face_image: str = "???"
@@ -72,18 +71,6 @@ class AHDSSystem(BaseSystem):
         self.template = threestudio.find(self.cfg.body_type)(self.cfg.body).template()
         self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry).init_from_template(self.template)
         self.strategy = DensifyStrategy(self.cfg.densify)
-        self._renderer = None
-        self._val_images: list = []
-        self._test_frames: list = []
-
-    @property
-    def renderer(self):
-        if self._renderer is None:
-            name = self.cfg.renderer_type
-            if name == "auto":
-                name = "gsplat-renderer" if self.device.type == "cuda" else "torch-splat-renderer"
-            self._renderer = threestudio.find(name)(self.cfg.renderer)
-        return self._renderer
 
     def on_fit_start(self) -> None:
         gcfg = dict(self.cfg.guidance)
@@ -95,13 +82,7 @@ class AHDSSystem(BaseSystem):
         self.prompt_processor.prepare(self.device)
         self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))
 
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.geometry.param_groups(), lr=0.0, eps=1e-15)
-
     # ------------------------------------------------------------------ training
-    def render(self, cams):
-        return self.renderer.render(self.geometry, cams)
-
     def train_step(self, cams, step: int, optimizer) -> tuple[torch.Tensor, dict, dict]:
         """One AHDS step without Lightning: render -> skeleton -> prompts -> guidance -> losses ->
         backward -> densify statistics. The caller steps ``optimizer`` (a plain torch optimizer)
@@ -134,55 +115,8 @@ class AHDSSystem(BaseSystem):
             dm.train_dataset.update_step(step + 1)
         loss, losses, g = self.train_step(cams, step, opt.optimizer)
         opt.step()
-        info = self.strategy.step(step + 1, self.geometry, opt.optimizer)
-        if info:
-            self.print(f"step {step + 1}: densify/prune {info}")
+        self.densify_step(step + 1, opt.optimizer)
         self.log_dict({"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in losses.items()},
                        "train/t_mean": g["t"].float().mean(), "train/points": float(self.geometry.num_points)},
                       prog_bar=False, on_step=True, batch_size=len(cams))
         return loss.detach()
-
-    def on_train_end(self) -> None:
-        self.export()
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint) -> None:
-        s = self.strategy
-        checkpoint["densify_state"] = {"grad_accum": s.grad_accum, "denom": s.denom, "max_radii": s.max_radii}
-
-    def on_load_checkpoint(self, checkpoint) -> None:
-        st = checkpoint.get("densify_state")
-        if st:
-            self.strategy.grad_accum, self.strategy.denom, self.strategy.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def validation_step(self, cams, batch_idx):
-        self._val_images.append(self.render(cams)["comp_rgb"][0].cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        if self._val_images:
-            n = len(self._val_images) // 2 or 1
-            rows = [torch.cat(self._val_images[i:i + n], dim=1) for i in range(0, len(self._val_images), n)]
-            save_image(self.save_path(f"it{self.step}-val.png"), torch.cat(rows, dim=0))
-        self._val_images = []
-
-    @torch.no_grad()
-    def test_step(self, cams, batch_idx):
-        self._test_frames.append(self.render(cams)["comp_rgb"][0].cpu())
-
-    def on_test_epoch_end(self) -> None:
-        if self._test_frames:
-            save_video(self.save_path("turntable.mp4"), self._test_frames, fps=self.cfg.turntable_fps)
-            self.write_manifest(turntable="save/turntable.mp4")
-        self._test_frames = []
-        self.export()
-
-    def export(self) -> None:
-        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
-        self.geometry.save_ply(self.save_path("avatar.ply"))
-        self.write_manifest(avatar="save/avatar.ply", body=self.cfg.body_type, num_gaussians=self.geometry.num_points,
-                            step=self.step)
-
-
-_ = UserError

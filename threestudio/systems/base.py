@@ -9,8 +9,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+import threestudio
+from threestudio.models.geometry.strategy import DensifyStrategy
 from threestudio.utils.config import parse_structured
-from threestudio.utils.io import atomic_write_text
+from threestudio.utils.io import atomic_write_text, save_image, save_video
 
 
 class BaseSystem(pl.LightningModule):
@@ -55,3 +57,79 @@ class BaseSystem(pl.LightningModule):
     def configure_threads(self) -> None:
         if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+class GaussianSystem(BaseSystem):
+    """A stage that optimises Gaussians: renderer choice, densify strategy state in checkpoints,
+    validation grid, test turntable and ``save/avatar.ply`` export. Subclasses set
+    ``self.geometry`` and ``self.strategy`` and define ``Config`` with ``renderer_type``,
+    ``renderer``, ``body_type`` and ``turntable_fps``."""
+
+    _renderer = None
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            name = self.cfg.renderer_type
+            if name == "auto":
+                name = "gsplat-renderer" if self.device.type == "cuda" else "torch-splat-renderer"
+            self._renderer = threestudio.find(name)(self.cfg.renderer)
+        return self._renderer
+
+    def render(self, cams):
+        return self.renderer.render(self.geometry, cams)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.geometry.param_groups(), lr=0.0, eps=1e-15)
+
+    def densify_step(self, step: int, optimizer) -> None:
+        info = self.strategy.step(step, self.geometry, optimizer)
+        if info:
+            self.print(f"step {step}: densify/prune {info}")
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        s = self.strategy
+        checkpoint["densify_state"] = {"grad_accum": s.grad_accum, "denom": s.denom, "max_radii": s.max_radii}
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        st = checkpoint.get("densify_state")
+        if st:
+            self.strategy.grad_accum, self.strategy.denom, self.strategy.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        self._val_images = getattr(self, "_val_images", [])
+        self._val_images.append(self.render(batch)["comp_rgb"][0].cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        imgs = getattr(self, "_val_images", [])
+        if imgs:
+            n = len(imgs) // 2 or 1
+            rows = [torch.cat(imgs[i:i + n], dim=1) for i in range(0, len(imgs), n)]
+            save_image(self.save_path(f"it{self.step}-val.png"), torch.cat(rows, dim=0))
+        self._val_images = []
+
+    @torch.no_grad()
+    def test_step(self, batch, batch_idx):
+        self._test_frames = getattr(self, "_test_frames", [])
+        self._test_frames.append(self.render(batch)["comp_rgb"][0].cpu())
+
+    def on_test_epoch_end(self) -> None:
+        frames = getattr(self, "_test_frames", [])
+        if frames:
+            save_video(self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps)
+            self.write_manifest(turntable="save/turntable.mp4")
+        self._test_frames = []
+        self.export()
+
+    def on_train_end(self) -> None:
+        self.export()
+
+    def export(self) -> None:
+        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
+        self.geometry.save_ply(self.save_path("avatar.ply"))
+        self.write_manifest(avatar="save/avatar.ply", body=self.cfg.body_type, num_gaussians=self.geometry.num_points,
+                            step=self.step)
+
+
+_ = DensifyStrategy
