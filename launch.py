@@ -107,6 +107,10 @@ def run(args) -> int:
     system_cls.preflight(cfg.system, mode)
     data_cls(cfg.data)  # validates the data config
 
+    if trial_dir is None and cfg.trial_dir:  # an explicit trial directory (run.sh pipelines)
+        trial_dir = Path(cfg.trial_dir)
+        if trial_dir.exists():  # keep the earlier result: move it aside, never overwrite it
+            trial_dir.rename(trial_dir.with_name(f"{trial_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
     if trial_dir is None:
         trial_dir = new_trial_dir(cfg)
         cfg.trial_dir = str(trial_dir)
@@ -122,6 +126,15 @@ def run(args) -> int:
 
     pl.seed_everything(cfg.seed, verbose=False)
     system = system_cls(cfg.system, str(trial_dir), max_steps=cfg.trainer.max_steps)
+    if not getattr(system_cls, "trainable", True):  # a stage without optimisation (refinement)
+        if mode != "train":
+            raise UserError(f"{cfg.system_type} has no checkpoints; rerun it with --train")
+        import torch
+
+        use_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+        system.run_stage(torch.device("cuda" if use_cuda else "cpu"))
+        print(f"results in {trial_dir.resolve()}")
+        return 0
     dm = data_cls(cfg.data)
     t = cfg.trainer
     ckpt_cb = ModelCheckpoint(dirpath=str(trial_dir / "ckpts"), filename="step{step}", auto_insert_metric_name=False,

@@ -1,44 +1,67 @@
 #!/usr/bin/env bash
-# Text prompt + face photo -> 3D Gaussian avatar.
+# Text prompt + face photo -> 3D Gaussian avatar, all stages in one command.
 #
-#   bash run.sh [--tiny] "<prompt>" <face image> [overrides...]
+#   bash run.sh [--tiny] [--run-dir DIR] "<prompt>" <face image> [overrides...]
+#   bash run.sh [--tiny] --from-stage 2|3 --run-dir DIR [overrides...]
 #
-#   --tiny      offline CPU preset: tiny random models (written on first use), 64² renders.
-#   overrides   OmegaConf dotlist, e.g. trainer.max_steps=1200 exp_root_dir=/data/runs
+#   --tiny          offline CPU preset: tiny random models (written on first use), 64² renders
+#   --run-dir DIR   where the stages go (default: outputs/<prompt>@<time>): DIR/stage1 (AHDS),
+#                   DIR/stage2 (view-consistent refinement), DIR/stage3 (reconstruction)
+#   --from-stage N  restart from stage N, reusing the earlier stages in DIR (a rerun stage's old
+#                   folder is kept as stageN.prev-<time>)
+#   overrides       OmegaConf dotlist for every stage, e.g. system.guidance.dtype=fp16
 #
-# Runs the pipeline stages that exist (stage 1, AHDS) from any working directory and prints where
-# the results are. Environment: PYTHON (default python3).
+# Works from any directory. Environment: PYTHON (default python3).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python3}"
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
-tiny=0
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "error: $*" >&2; exit 2; }
+tiny=0; from=1; run_dir=""
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
     --tiny) tiny=1; shift ;;
+    --from-stage) [[ $# -ge 2 ]] || die "--from-stage needs 1, 2 or 3"; from="$2"; shift 2 ;;
+    --run-dir) [[ $# -ge 2 ]] || die "--run-dir needs a folder"; run_dir="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) usage >&2; die "unknown option $1" ;;
   esac
 done
-if [[ $# -lt 2 ]]; then echo "error: need a prompt and a face image" >&2; usage >&2; exit 2; fi
-prompt="$1"; face="$2"; shift 2
-if [[ -z "${prompt//[[:space:]]/}" ]]; then echo "error: the text prompt is empty" >&2; exit 2; fi
-if [[ ! -f "$face" ]]; then echo "error: face image not found: $face" >&2; exit 2; fi
-face="$(cd "$(dirname "$face")" && pwd)/$(basename "$face")"
+[[ "$from" =~ ^[123]$ ]] || die "--from-stage must be 1, 2 or 3, got $from"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-configs=(--config "$here/configs/ahds.yaml")
-if [[ $tiny == 1 ]]; then
-  "$py" -m threestudio.tiny >/dev/null
-  configs+=(--config "$here/configs/tiny/ahds.yaml")
+if [[ $from == 1 ]]; then
+  [[ $# -ge 2 ]] || { usage >&2; die "need a prompt and a face image"; }
+  prompt="$1"; face="$2"; shift 2
+  [[ -n "${prompt//[[:space:]]/}" ]] || die "the text prompt is empty"
+  [[ -f "$face" ]] || die "face image not found: $face"
+  face="$(cd "$(dirname "$face")" && pwd)/$(basename "$face")"
+  if [[ -z "$run_dir" ]]; then
+    tag="$(printf '%s' "$prompt" | tr -cd '[:alnum:] ,._-' | tr ' ' '_' | cut -c1-80)"
+    run_dir="outputs/${tag}@$(date +%Y%m%d-%H%M%S)"
+  fi
+else
+  [[ -n "$run_dir" ]] || die "--from-stage $from needs --run-dir (the folder of the earlier run)"
+  [[ -d "$run_dir/stage$((from - 1))" ]] || die "$run_dir/stage$((from - 1)) not found: run the earlier stages first"
 fi
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-echo "stage 1/1: AHDS score distillation"
-"$py" "$here/launch.py" "${configs[@]}" --train \
-  "system.prompt_processor.prompt=$prompt" "system.face_image=$face" "$@" 2>&1 | tee "$log"
-trial="$(sed -n 's/^results in //p' "$log" | tail -n 1)"
+mkdir -p "$run_dir"
+run_dir="$(cd "$run_dir" && pwd)"
+sfx=(); [[ $tiny == 1 ]] && { "$py" -m threestudio.tiny >/dev/null; sfx=(tiny); }
+cfgs() { local a=(--config "$here/configs/$1.yaml"); [[ $tiny == 1 ]] && a+=(--config "$here/configs/tiny/$1.yaml"); printf '%s\n' "${a[@]}"; }
+stage() {  # stage N config [args...]
+  local n="$1" name="$2"; shift 2
+  mapfile -t c < <(cfgs "$name")
+  echo "== stage $n/3: $name -> $run_dir/stage$n"
+  "$py" "$here/launch.py" "${c[@]}" --train "trial_dir=$run_dir/stage$n" "$@"
+}
+if [[ $from -le 1 ]]; then
+  stage 1 ahds "system.prompt_processor.prompt=$prompt" "system.face_image=$face" "$@"
+fi
+if [[ $from -le 2 ]]; then
+  stage 2 refine "system.init_from=$run_dir/stage1" "$@"
+fi
+stage 3 reconstruct "system.init_from=$run_dir/stage2" "$@"
 echo
-echo "avatar:    $trial/save/avatar.ply"
-echo "turntable: $trial/save/turntable.mp4"
-echo "config:    $trial/configs/parsed.yaml"
-echo "checkpoint: $trial/ckpts/last.ckpt"
+echo "stage 1 (AHDS):           $run_dir/stage1/save/avatar.ply, turntable.mp4"
+echo "stage 2 (refined views):  $run_dir/stage2/save/views/refined_*.png"
+echo "stage 3 (final avatar):   $run_dir/stage3/save/avatar.ply"
+echo "turntable:                $run_dir/stage3/save/turntable.mp4"

@@ -1,2 +1,2 @@
 """One Lightning system per pipeline stage."""
-from threestudio.systems import ahds  # noqa: F401
+from threestudio.systems import ahds, reconstruct, refine  # noqa: F401

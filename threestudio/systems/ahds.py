@@ -110,9 +110,6 @@ class AHDSSystem(GaussianSystem):
     def training_step(self, cams, batch_idx):
         opt = self.optimizers()  # LightningOptimizer: its step() advances global_step
         step = self.step
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None:
-            dm.train_dataset.update_step(step + 1)
         loss, losses, g = self.train_step(cams, step, opt.optimizer)
         opt.step()
         self.densify_step(step + 1, opt.optimizer)

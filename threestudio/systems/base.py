@@ -47,7 +47,7 @@ class BaseSystem(pl.LightningModule):
         atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device)
+        return batch.to(device)  # Cameras or TargetBatch
 
     @property
     def step(self) -> int:
@@ -95,6 +95,11 @@ class GaussianSystem(BaseSystem):
         st = checkpoint.get("densify_state")
         if st:
             self.strategy.grad_accum, self.strategy.denom, self.strategy.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
+
+    def on_train_batch_start(self, batch, batch_idx):
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(getattr(dm, "train_dataset", None), "update_step"):
+            dm.train_dataset.update_step(self.step + 1)
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):

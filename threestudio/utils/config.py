@@ -91,6 +91,9 @@ def _wrap(fn, *args, what: str):
         return fn(*args)
     except OmegaConfBaseException as e:  # unknown key, type mismatch, missing value
         msg = str(e).splitlines()[0]
+        key = getattr(e, "full_key", None)
+        if key and key not in msg:
+            msg += f" (key: {key})"
         raise ConfigError(f"invalid {what}: {msg}") from None
 
 

@@ -139,6 +139,13 @@ class FaceIDControlNetGuidance(BaseObject):
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.loaded = True
 
+    def set_ip_scale(self, scale: float, shortcut_scale: float) -> None:
+        """IP-Adapter attention scale and FaceID-Plus-v2 shortcut scale (stage 2 uses 0.6 / 0.5)."""
+        for proc in self.unet.attn_processors.values():
+            if hasattr(proc, "scale") and isinstance(proc.scale, list):
+                proc.scale = [scale] * len(proc.scale)
+        self.ip_projection.shortcut_scale = shortcut_scale
+
     # ------------------------------------------------------------------ identity conditioning
     @torch.no_grad()
     def clip_embeds(self, crop_rgb: np.ndarray | None) -> Tensor:

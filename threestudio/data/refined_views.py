@@ -1,0 +1,92 @@
+"""Stage-3 data: the refined ring views of a stage-2 trial directory as training targets, plus the
+validation / turntable cameras of the human camera module."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+import threestudio
+from threestudio.data.cameras import Cameras
+from threestudio.data.human_cameras import FixedCameras, HumanCameraConfig, _identity, turntable_cameras, validation_cameras
+from threestudio.systems.stages import read_stage
+from threestudio.utils.config import parse_structured
+
+
+@dataclass
+class TargetBatch:
+    """``cams`` (B views), ``images`` [B, H, W, 3] targets in [0, 1], ``bbox`` [B, 4] int loss boxes."""
+
+    cams: Cameras
+    images: torch.Tensor
+    bbox: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device) -> "TargetBatch":
+        return TargetBatch(self.cams.to(device), self.images.to(device), self.bbox, self.index)
+
+    def __len__(self) -> int:
+        return len(self.cams)
+
+
+def load_refined_views(trial_dir: str) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+    """Cameras, refined images [n, H, W, 3] and loss boxes [n, 4] of a finished refine stage."""
+    import imageio.v3 as iio
+
+    man = read_stage(trial_dir, "refine", ("cameras",))
+    views = json.loads((__import__("pathlib").Path(man["trial_dir"]) / man["cameras"]).read_text())
+    imgs = [torch.from_numpy(np.asarray(iio.imread(f"{man['trial_dir']}/{v['refined']}"))[..., :3].copy()).float() / 255 for v in views]
+    f = lambda k: torch.tensor([v[k] for v in views], dtype=torch.float32)  # noqa: E731
+    cams = Cameras(torch.tensor([v["c2w"] for v in views]), torch.deg2rad(f("fovy_deg")), int(views[0]["height"]),
+                   int(views[0]["width"]), f("azimuth"), f("elevation"), f("distance"), torch.zeros(len(views), 3), "body")
+    return cams, torch.stack(imgs), torch.tensor([v["bbox"] for v in views], dtype=torch.long)
+
+
+class RandomTargets(IterableDataset):
+    def __init__(self, cams, images, bbox, batch: int, seed: int):
+        self.cams, self.images, self.bbox, self.batch = cams, images, bbox, batch
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        n = len(self.cams)
+        while True:
+            idx = torch.randperm(n, generator=self.g)[: min(self.batch, n)]
+            yield TargetBatch(self.cams[idx], self.images[idx], self.bbox[idx], idx)
+
+
+@dataclass
+class RefinedViewsConfig(HumanCameraConfig):
+    init_from: str = "???"
+    """Trial directory of a finished refine (stage 2) run."""
+    batch_views: int = 4
+    """Refined views per step (method §8: 4 of 32)."""
+
+
+@threestudio.register("refined-views-datamodule")
+class RefinedViewsDataModule(pl.LightningDataModule):
+    Config = RefinedViewsConfig
+
+    def __init__(self, cfg: dict | None = None):
+        super().__init__()
+        self.cfg = parse_structured(RefinedViewsConfig, cfg)
+        self._data = None
+
+    def _load(self):
+        if self._data is None:
+            self._data = load_refined_views(self.cfg.init_from)
+        return self._data
+
+    def train_dataloader(self):
+        cams, images, bbox = self._load()
+        return DataLoader(RandomTargets(cams, images, bbox, self.cfg.batch_views, self.cfg.seed), batch_size=None,
+                          collate_fn=_identity)
+
+    def val_dataloader(self):
+        return DataLoader(FixedCameras(validation_cameras(self.cfg)), batch_size=None, collate_fn=_identity)
+
+    def test_dataloader(self):
+        return DataLoader(FixedCameras(turntable_cameras(self.cfg)), batch_size=None, collate_fn=_identity)

@@ -1,0 +1,150 @@
+"""Stage 2 of GaussianIP: view-consistent refinement (VCR, method §7) of the stage-1 avatar's
+turntable renders. No optimisation: renders the ring (method §3.4) and its OpenPose images, refines
+them with :class:`VCRRefiner`, and saves images, cameras and a manifest for stage 3."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+import threestudio
+from threestudio.data.human_cameras import ring_cameras
+from threestudio.models.face.identity import load_image_rgb
+from threestudio.models.guidance.vcr import VCRRefiner
+from threestudio.ops.openpose import skeleton_images
+from threestudio.ops.vcr import view_roles
+from threestudio.systems.base import GaussianSystem
+from threestudio.systems.stages import read_stage
+from threestudio.utils.config import parse_structured
+from threestudio.utils.errors import MissingModelError
+from threestudio.utils.io import atomic_write_text, save_image
+
+REFINE_NEGATIVE = "blurry face, bad face, poorly drawn face, duplicate face, extra fingers, blurry, fused fingers"
+
+
+def alpha_bbox(alpha: torch.Tensor, margin: float = 0.05, thr: float = 0.02) -> list[int]:
+    """Pixel box [x0, y0, x1, y1) around ``alpha > thr`` ([H, W, 1]), grown by ``margin`` of the size."""
+    H, W = alpha.shape[:2]
+    ys, xs = torch.nonzero(alpha[..., 0] > thr, as_tuple=True)
+    if ys.numel() == 0:
+        return [0, 0, W, H]
+    mx, my = int(margin * W), int(margin * H)
+    return [max(int(xs.min()) - mx, 0), max(int(ys.min()) - my, 0), min(int(xs.max()) + 1 + mx, W), min(int(ys.max()) + 1 + my, H)]
+
+
+@threestudio.register("gaussianip-refine-system")
+class RefineSystem(GaussianSystem):
+    trainable = False
+
+    @dataclass
+    class Config:
+        init_from: str = "???"
+        """Trial directory of a finished stage-1 (AHDS) run."""
+        n_views: int = 32
+        """Ring size; a multiple of 8 (45° key-view structure)."""
+        elevation_deg: float = 17.0
+        camera_distance: float = 1.5
+        fovy_deg: float = 70.0
+        resolution: int = 1024
+        guidance_type: str = "faceid-controlnet-guidance"
+        guidance: dict = field(default_factory=dict)
+        prompt_processor_type: str = "view-prompt-processor"
+        prompt_processor: dict = field(default_factory=dict)
+        guidance_scale: float = 7.5
+        ipa_scale: float = 0.6
+        ipa_shortcut_scale: float = 0.5
+        lambda_fusion: float = 0.55
+        """λ of distance-guided attention fusion (weight of a view's own attention)."""
+        tier_chunk: int = 0
+        """Max views per UNet batch within a tier (0 = the whole tier in one batch)."""
+        seed: int = 2024
+        renderer_type: str = "auto"
+        renderer: dict = field(default_factory=dict)
+        geometry_type: str = "body-gaussian-geometry"
+        geometry: dict = field(default_factory=dict)
+        body_type: str = ""
+        """Body template of stage 1 (read from its manifest when empty)."""
+        body: dict = field(default_factory=dict)
+        turntable_fps: int = 30
+
+    @classmethod
+    def preflight(cls, cfg: dict, mode: str) -> None:
+        c = parse_structured(cls.Config, cfg)
+        view_roles(c.n_views)
+        if mode != "train":
+            return
+        s1 = read_stage(c.init_from, "ahds", ("avatar",))
+        guidance = threestudio.find(c.guidance_type)(_inherit(c.guidance, s1, "guidance"))
+        missing = guidance.missing()
+        if missing:
+            raise MissingModelError("missing pretrained models (nothing was started):\n  " + "\n  ".join(missing))
+        load_image_rgb(s1["face_image"])
+
+    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 0):
+        super().__init__(cfg, trial_dir)
+        self.stage1 = read_stage(self.cfg.init_from, "ahds", ("avatar",))
+        s1cfg = _stage_config(self.stage1)
+        self.body_type = self.cfg.body_type or self.stage1.get("body", "anny-body")
+        body_cfg = self.cfg.body or dict(s1cfg.system.get("body", {}))
+        self.template = threestudio.find(self.body_type)(body_cfg).template()
+        geo_cfg = self.cfg.geometry or dict(s1cfg.system.get("geometry", {}))
+        self.geometry = threestudio.find(self.cfg.geometry_type)(geo_cfg)
+        self.geometry.load_ply(f"{self.stage1['trial_dir']}/{self.stage1['avatar']}")
+
+    def run_stage(self, device) -> None:
+        """Render the ring, refine it, save everything (the whole stage)."""
+        c = self.cfg
+        self.to(device)
+        cams = ring_cameras(c.n_views, c.elevation_deg, c.camera_distance, c.fovy_deg, c.resolution).to(self.device)
+        with torch.no_grad():
+            renders = [self.render(cams[i]) for i in range(len(cams))]
+        rgb = torch.cat([r["comp_rgb"] for r in renders])
+        alpha = torch.cat([r["opacity"] for r in renders])
+        pose, all_vis = skeleton_images(self.template.keypoints.to(self.device), cams.w2c, cams.K, c.resolution,
+                                        c.resolution, head_closeup=False)
+        gcfg = _inherit(c.guidance, self.stage1, "guidance")
+        guidance = threestudio.find(c.guidance_type)(gcfg)
+        guidance.load(self.device)
+        guidance.prepare_identity(self.stage1["face_image"])
+        ppcfg = dict(_inherit(c.prompt_processor, self.stage1, "prompt_processor"))
+        ppcfg.setdefault("negative_prompt", REFINE_NEGATIVE)
+        ppcfg["prompt"] = self.stage1["prompt"]
+        pp = threestudio.find(c.prompt_processor_type)(ppcfg)
+        pp.prepare(self.device)
+        text = pp(cams.azimuth, "body", all_vis)
+        refiner = VCRRefiner(guidance, c.lambda_fusion, c.guidance_scale, c.ipa_scale, c.ipa_shortcut_scale, seed=c.seed)
+        refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk)
+        views = []
+        for i in range(c.n_views):
+            save_image(self.save_path("views", f"render_{i:03d}.png"), rgb[i])
+            save_image(self.save_path("views", f"pose_{i:03d}.png"), pose[i])
+            save_image(self.save_path("views", f"refined_{i:03d}.png"), refined[i])
+            views.append({"index": i, "refined": f"save/views/refined_{i:03d}.png", "azimuth": float(cams.azimuth[i]),
+                          "elevation": float(cams.elevation[i]), "distance": float(cams.distance[i]),
+                          "fovy_deg": c.fovy_deg, "height": c.resolution, "width": c.resolution,
+                          "c2w": cams.c2w[i].tolist(), "bbox": alpha_bbox(alpha[i].cpu()), "prompt": text["prompts"][i]})
+        atomic_write_text(self.trial_dir / "save" / "views" / "cameras.json", json.dumps(views, indent=1))
+        self.write_manifest(stage="refine", init_from=self.stage1["trial_dir"], avatar_in=f"{self.stage1['trial_dir']}/{self.stage1['avatar']}",
+                            body=self.body_type, prompt=self.stage1["prompt"], face_image=self.stage1["face_image"],
+                            n_views=c.n_views, cameras="save/views/cameras.json")
+
+
+def _stage_config(stage: dict):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(f"{stage['trial_dir']}/configs/parsed.yaml")
+
+
+def _inherit(own: dict, stage: dict, key: str) -> dict:
+    """A plugin config of an earlier stage, updated by this stage's own values (so that model paths
+    and the face detector carry over)."""
+    from omegaconf import OmegaConf
+
+    prev = _stage_config(stage).system.get(key, {})
+    merged = OmegaConf.merge(prev, own)
+    out = OmegaConf.to_container(merged, resolve=True)
+    out.pop("n_steps", None)
+    if key == "prompt_processor" and "negative_prompt" not in own:
+        out.pop("negative_prompt", None)  # stage 2 has its own negative prompt (method §5.3)
+    return out
