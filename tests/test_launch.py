@@ -114,16 +114,26 @@ def test_full_model_without_weights_fails_fast(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_sh_tiny_from_another_directory(tiny_dir, tmp_path):
+def test_run_sh_all_stages_and_restart(tiny_dir, tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
-    r = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "A woman wearing a red t-shirt", str(face("woman.png")),
-                        f"exp_root_dir={tmp_path}", "trainer.max_steps=3", "data.n_test_views=4",
-                        "trainer.enable_progress_bar=false"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=900)
+    run = tmp_path / "run"
+    common = ["trainer.max_steps=3", "data.n_test_views=4", "trainer.enable_progress_bar=false"]
+    r = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "--run-dir", str(run), "A woman wearing a red t-shirt",
+                        str(face("woman.png")), *common], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    (trial,) = trials(tmp_path)
-    assert f"avatar:    {trial}/save/avatar.ply" in r.stdout
-    assert (trial / "save/avatar.ply").is_file() and (trial / "save/turntable.mp4").is_file()
-    r2 = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "  ", str(face())], cwd=tmp_path, env=env,
+    for n, stage in ((1, "ahds"), (2, "refine"), (3, "reconstruct")):
+        assert json.loads((run / f"stage{n}" / "manifest.json").read_text())["stage"] == stage
+    assert len(list((run / "stage2/save/views").glob("refined_*.png"))) == 16
+    for f in ("stage1/save/avatar.ply", "stage3/save/avatar.ply", "stage3/save/turntable.mp4"):
+        assert (run / f).is_file(), f
+    assert f"{run}/stage3/save/avatar.ply" in r.stdout
+    before = {p: p.stat().st_mtime_ns for p in (run / "stage1/save/avatar.ply", run / "stage2/save/views/refined_000.png")}
+    r2 = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "--from-stage", "3", "--run-dir", str(run), *common],
+                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "stage 1/3" not in r2.stdout and "stage 2/3" not in r2.stdout and "stage 3/3" in r2.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert len(list(run.glob("stage3.prev-*"))) == 1 and (run / "stage3/save/avatar.ply").is_file()
+    r3 = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "  ", str(face())], cwd=tmp_path, env=env,
                         capture_output=True, text=True)
-    assert r2.returncode == 2 and "prompt is empty" in r2.stderr
+    assert r3.returncode == 2 and "prompt is empty" in r3.stderr

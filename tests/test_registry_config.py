@@ -16,7 +16,8 @@ def test_every_registered_name_resolves():
     names = threestudio.registered_names()
     for n in ("anny-body", "smplx-body", "body-gaussian-geometry", "gsplat-renderer", "torch-splat-renderer",
               "faceid-controlnet-guidance", "view-prompt-processor", "insightface-face-id",
-              "human-camera-datamodule", "gaussianip-ahds-system"):
+              "human-camera-datamodule", "refined-views-datamodule", "gaussianip-ahds-system",
+              "gaussianip-refine-system", "gaussianip-reconstruct-system"):
         assert n in names
     for n in names:
         assert threestudio.find(n).registered_name == n
@@ -27,10 +28,14 @@ def test_unknown_plugin_suggests():
         threestudio.find("gsplat-rendrer")
 
 
+STAGE_REQUIRED = {"ahds.yaml": REQUIRED, "refine.yaml": ["system.init_from=x"], "reconstruct.yaml": ["system.init_from=x"]}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO)) for p in CONFIGS])
 def test_every_config_loads_and_validates(path):
-    stack = [REPO / "configs" / "ahds.yaml"] + ([path] if path.name != "ahds.yaml" or path.parent.name != "configs" else [])
-    cfg = load_config(*stack, cli_args=REQUIRED)
+    base = REPO / "configs" / path.name  # a preset applies on top of its stage's config
+    stack = [base] + ([path] if path != base else [])
+    cfg = load_config(*stack, cli_args=STAGE_REQUIRED[path.name])
     sys_cls = threestudio.find(cfg.system_type)
     parse_structured(sys_cls.Config, cfg.system)
     sys_cls.preflight(cfg.system, "export")  # strict parse of every plugin sub-config

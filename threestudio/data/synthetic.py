@@ -1,0 +1,74 @@
+"""Synthetic avatars with a known answer (tests and the reconstruction benchmark): dense Gaussians on
+the body template coloured by a procedural clothing texture, rendered on the refinement ring and
+written as finished stage-1 / stage-2 directories, so stage 3 can be run and scored against truth."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from threestudio.data.human_cameras import ring_cameras
+from threestudio.models.body.template import BodyTemplate
+from threestudio.models.geometry.gaussian_model import GaussianModel
+from threestudio.ops.gaussians import inverse_sigmoid, rgb_to_sh0
+from threestudio.utils.io import atomic_write_text, save_image
+
+
+def procedural_colors(p: torch.Tensor) -> torch.Tensor:
+    """Clothing-like RGB in [0, 1] for template-frame points [N, 3]: skin head and hands, a striped
+    shirt, checked trousers, dark shoes (frequencies chosen to be resolvable at 1024²)."""
+    x, y, z = p.unbind(-1)
+    skin = torch.tensor([0.85, 0.66, 0.55])
+    shirt = torch.stack([0.2 + 0.6 * (torch.sin(z * 60) > 0).float(), 0.55 + 0.0 * z, 0.3 + 0.3 * torch.sin(x * 20) ** 2], -1)
+    check = ((torch.sin(x * 40) > 0) ^ (torch.sin(z * 40) > 0)).float()
+    trousers = torch.stack([0.15 + 0.1 * check, 0.2 + 0.1 * check, 0.45 + 0.25 * check], -1)
+    shoes = torch.tensor([0.1, 0.08, 0.07]).expand(len(p), 3)
+    c = torch.where((z > 0.0)[:, None], shirt, trousers)
+    c = torch.where((z < -0.66)[:, None], shoes, c)
+    c = torch.where((z > 0.5)[:, None] | (x.abs() > 0.36)[:, None], skin.expand(len(p), 3), c)
+    return c.clamp(0, 1)
+
+
+def textured_model(template: BodyTemplate, n: int, seed: int = 1) -> GaussianModel:
+    """Ground truth: n opaque, small Gaussians on the template with the procedural texture."""
+    m = GaussianModel({"num_points": n, "seed": seed}).init_from_template(template)
+    with torch.no_grad():
+        m.f_dc.copy_(rgb_to_sh0(procedural_colors(m.means)))
+        m.opacity_logit.fill_(float(inverse_sigmoid(torch.tensor(0.95))))
+        m.log_scales.add_(math.log(1.2))
+    return m
+
+
+@torch.no_grad()
+def write_known_answer_stages(out: str | Path, template: BodyTemplate, gt: GaussianModel, renderer, n_init: int,
+                              n_views: int = 32, resolution: int = 1024, elevation: float = 17.0,
+                              distance: float = 1.5, fovy: float = 70.0, device="cpu") -> Path:
+    """Write ``out/stage1`` (a plain, grey template initialisation as the stage-1 avatar) and
+    ``out/stage2`` (ground-truth renders of the ring as "refined" views). Returns ``out/stage2``."""
+    from threestudio.systems.refine import alpha_bbox
+
+    out = Path(out)
+    s1, s2 = out / "stage1", out / "stage2"
+    init = GaussianModel({"num_points": n_init, "seed": 7}).init_from_template(template)
+    init.save_ply(s1 / "save" / "avatar.ply")
+    (s1 / "configs").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(s1 / "configs" / "parsed.yaml", "system: {}\n")
+    atomic_write_text(s1 / "manifest.json", json.dumps({"stage": "ahds", "avatar": "save/avatar.ply", "body": "anny-body",
+                                                        "prompt": "synthetic", "face_image": ""}))
+    cams = ring_cameras(n_views, elevation, distance, fovy, resolution).to(device)
+    gt = gt.to(device)
+    views = []
+    for i in range(n_views):
+        r = renderer.render(gt, cams[i])
+        save_image(s2 / "save" / "views" / f"refined_{i:03d}.png", r["comp_rgb"][0])
+        views.append({"index": i, "refined": f"save/views/refined_{i:03d}.png", "azimuth": float(cams.azimuth[i]),
+                      "elevation": elevation, "distance": distance, "fovy_deg": fovy, "height": resolution,
+                      "width": resolution, "c2w": cams.c2w[i].tolist(), "bbox": alpha_bbox(r["opacity"][0].cpu())})
+    atomic_write_text(s2 / "save" / "views" / "cameras.json", json.dumps(views))
+    atomic_write_text(s2 / "manifest.json", json.dumps({"stage": "refine", "cameras": "save/views/cameras.json",
+                                                        "avatar_in": str((s1 / "save" / "avatar.ply").resolve()),
+                                                        "body": "anny-body", "prompt": "synthetic", "face_image": "",
+                                                        "n_views": n_views}))
+    return s2
