@@ -85,7 +85,8 @@ class GaussianSystem(BaseSystem):
     def densify_step(self, step: int, optimizer) -> None:
         info = self.strategy.step(step, self.geometry, optimizer)
         if info:
-            self.print(f"step {step}: densify/prune {info}")
+            msg = f"step {step}: densify/prune {info}"
+            self.print(msg) if self._trainer is not None else print(msg)
 
     def on_save_checkpoint(self, checkpoint) -> None:
         s = self.strategy
