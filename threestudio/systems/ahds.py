@@ -96,15 +96,7 @@ class AHDSSystem(GaussianSystem):
         g = self.guidance(out["comp_rgb"], pose, text["pos"].to(dev), text["neg"].to(dev), text["null"].to(dev), step)
         losses = {"loss_sds": g["loss_sds"], "loss_sparsity": sparsity_loss(out["opacity"])}
         loss = self.cfg.lambda_sds * losses["loss_sds"] + self.cfg.lambda_sparsity * losses["loss_sparsity"]
-        optimizer.zero_grad(set_to_none=True)
-        if self._trainer is not None:
-            self.manual_backward(loss)
-        else:
-            loss.backward()
-        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
-        for group in optimizer.param_groups:
-            if group.get("name") == "means":
-                group["lr"] = self.geometry.means_lr(step)
+        self.backward_step(loss, out, cams, step, optimizer)
         return loss, losses, g
 
     def training_step(self, cams, batch_idx):

@@ -82,6 +82,20 @@ class GaussianSystem(BaseSystem):
     def configure_optimizers(self):
         return torch.optim.Adam(self.geometry.param_groups(), lr=0.0, eps=1e-15)
 
+    def backward_step(self, loss, out: dict, cams, step: int, optimizer) -> None:
+        """Backward of one step (Lightning's manual backward when attached to a Trainer), densify
+        statistics from the renderer output ``out``, and the position learning rate of ``step``.
+        The caller steps ``optimizer`` and then calls :meth:`densify_step`."""
+        optimizer.zero_grad(set_to_none=True)
+        if self._trainer is not None:
+            self.manual_backward(loss)
+        else:
+            loss.backward()
+        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
+        for group in optimizer.param_groups:
+            if group.get("name") == "means":
+                group["lr"] = self.geometry.means_lr(step)
+
     def densify_step(self, step: int, optimizer) -> None:
         info = self.strategy.step(step, self.geometry, optimizer)
         if info:

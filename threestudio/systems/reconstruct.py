@@ -74,13 +74,7 @@ class ReconstructSystem(GaussianSystem):
         loss = self.cfg.lambda_l1 * L["loss_l1"] + self.cfg.lambda_ssim * L["loss_ssim"]
         if "loss_lpips" in L:
             loss = loss + self.cfg.lambda_lpips * L["loss_lpips"]
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss) if self._trainer is not None else loss.backward()
-        out = res["out"]
-        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], batch.cams.width, batch.cams.height)
-        for group in optimizer.param_groups:
-            if group.get("name") == "means":
-                group["lr"] = self.geometry.means_lr(step)
+        self.backward_step(loss, res["out"], batch.cams, step, optimizer)
         return loss, L, res["psnr"]
 
     def training_step(self, batch, batch_idx):
