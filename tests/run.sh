@@ -6,4 +6,9 @@ cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 "$py" -m pip install -q --disable-pip-version-check torch==2.13.0 -r requirements.txt
 "$py" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+# Debian's chromium for the headless web-viewer test (skipped if it cannot be installed)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the web-viewer test will be skipped" >&2
+fi
 exec "$py" -m pytest -q -p no:cacheprovider tests "$@"

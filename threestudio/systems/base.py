@@ -148,8 +148,8 @@ class GaussianSystem(BaseSystem):
     def export(self) -> None:
         """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
         self.geometry.save_ply(self.save_path("avatar.ply"))
-        self.write_manifest(avatar="save/avatar.ply", body=self.cfg.body_type, num_gaussians=self.geometry.num_points,
-                            step=self.step)
+        self.write_manifest(avatar="save/avatar.ply", body=getattr(self, "body_type", "") or self.cfg.body_type,
+                            num_gaussians=self.geometry.num_points, step=self.step)
 
 
 _ = DensifyStrategy

@@ -1,0 +1,2 @@
+"""Animation of avatars: motion files, retargeting to the body template, Gaussian skinning, video,
+per-frame PLY export and a web viewer."""
