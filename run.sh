@@ -5,6 +5,7 @@
 #   bash run.sh [--tiny] --from-stage 2|3 --run-dir DIR [overrides...]
 #
 #   --tiny          offline CPU preset: tiny random models (written on first use), 64² renders
+#   --specular      view-dependent highlights (SpecularIP: SEID in stage 1, SCR in stage 3)
 #   --run-dir DIR   where the stages go (default: outputs/<prompt>@<time>): DIR/stage1 (AHDS),
 #                   DIR/stage2 (view-consistent refinement), DIR/stage3 (reconstruction)
 #   --from-stage N  restart from stage N, reusing the earlier stages in DIR (a rerun stage's old
@@ -15,12 +16,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python3}"
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
-tiny=0; from=1; run_dir=""
+tiny=0; from=1; run_dir=""; specular=0
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
     --tiny) tiny=1; shift ;;
+    --specular) specular=1; shift ;;
     --from-stage) [[ $# -ge 2 ]] || die "--from-stage needs 1, 2 or 3"; from="$2"; shift 2 ;;
     --run-dir) [[ $# -ge 2 ]] || die "--run-dir needs a folder"; run_dir="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -46,7 +48,12 @@ fi
 mkdir -p "$run_dir"
 run_dir="$(cd "$run_dir" && pwd)"
 sfx=(); [[ $tiny == 1 ]] && { "$py" -m threestudio.tiny >/dev/null; sfx=(tiny); }
-cfgs() { local a=(--config "$here/configs/$1.yaml"); [[ $tiny == 1 ]] && a+=(--config "$here/configs/tiny/$1.yaml"); printf '%s\n' "${a[@]}"; }
+cfgs() {  # the stage's config, its tiny preset, the specular preset (stages 1 and 3)
+  local a=(--config "$here/configs/$1.yaml")
+  [[ $tiny == 1 ]] && a+=(--config "$here/configs/tiny/$1.yaml")
+  [[ $specular == 1 && $1 != refine ]] && a+=(--config "$here/configs/specular.yaml")
+  printf '%s\n' "${a[@]}"
+}
 stage() {  # stage N config [args...]
   local n="$1" name="$2"; shift 2
   mapfile -t c < <(cfgs "$name")

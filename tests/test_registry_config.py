@@ -31,16 +31,23 @@ def test_unknown_plugin_suggests():
 STAGE_REQUIRED = {"ahds.yaml": REQUIRED, "refine.yaml": ["system.init_from=x"], "reconstruct.yaml": ["system.init_from=x"]}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO)) for p in CONFIGS])
-def test_every_config_loads_and_validates(path):
-    base = REPO / "configs" / path.name  # a preset applies on top of its stage's config
-    stack = [base] + ([path] if path != base else [])
-    cfg = load_config(*stack, cli_args=STAGE_REQUIRED[path.name])
+STACKS = [[REPO / "configs" / p.name] + ([p] if p.parent.name == "tiny" else []) for p in CONFIGS
+          if p.name in STAGE_REQUIRED] + [[REPO / "configs" / s, REPO / "configs" / "specular.yaml"]
+                                          for s in ("ahds.yaml", "reconstruct.yaml")]
+
+
+@pytest.mark.parametrize("stack", STACKS, ids=["+".join(str(p.relative_to(REPO)) for p in s) for s in STACKS])
+def test_every_config_loads_and_validates(stack):
+    cfg = load_config(*stack, cli_args=STAGE_REQUIRED[stack[0].name])
     sys_cls = threestudio.find(cfg.system_type)
     parse_structured(sys_cls.Config, cfg.system)
     sys_cls.preflight(cfg.system, "export")  # strict parse of every plugin sub-config
     threestudio.find(cfg.data_type)(cfg.data)
     assert OmegaConf.missing_keys(cfg) == set()
+
+
+def test_every_config_file_is_tested():
+    assert {p for s in STACKS for p in s} == set(CONFIGS)
 
 
 def test_composition_and_overrides():

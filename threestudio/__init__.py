@@ -17,6 +17,7 @@ _PLUGIN_PACKAGES = (
     "threestudio.data",
     "threestudio.models.body",
     "threestudio.models.geometry",
+    "threestudio.models.appearance",
     "threestudio.models.renderers",
     "threestudio.models.guidance",
     "threestudio.models.prompt_processors",

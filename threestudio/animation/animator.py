@@ -31,8 +31,9 @@ class GaussianAnimator:
     and smoothed over its nearest Gaussians; :meth:`pose` applies LBS to centres and rotations.
     """
 
-    def __init__(self, model: GaussianModel, template: BodyTemplate, smooth_k: int = 8, smooth_iters: int = 2):
-        self.model, self.template = model, template
+    def __init__(self, model: GaussianModel, template: BodyTemplate, smooth_k: int = 8, smooth_iters: int = 2,
+                 appearance=None):
+        self.model, self.template, self.appearance = model, template, appearance
         dev = model.means.device
         V, J = template.vertices.shape[0], template.joints.shape[0]
         W = torch.zeros(V, J).scatter_(1, template.skin_indices, template.skin_weights)
@@ -50,10 +51,20 @@ class GaussianAnimator:
         return PosedGaussians(x, q, m.scales.detach(), m.opacities.detach(), m.colors.detach())
 
     @torch.no_grad()
+    def colors(self, posed: PosedGaussians, c2w: torch.Tensor) -> torch.Tensor | None:
+        """Per-view colours [B, N, 3] with specular highlights for the posed normals (None = the
+        view-independent colour)."""
+        if self.appearance is None:
+            return None
+        spec = self.appearance.specular(posed.means, posed.rotations, posed.scales, self.model.spec_features.detach(), c2w)
+        return posed.colors[None] + spec
+
+    @torch.no_grad()
     def export_ply(self, path: str | Path, transforms: torch.Tensor) -> None:
         """Write one posed frame as a standard 3DGS PLY."""
         m = self.model
         x, q = lbs_gaussians(m.means.detach(), self.quats, self.weights, transforms.to(self.weights))
         params = m.numpy_params()
         params["means"], params["quats"] = x.cpu().numpy(), q.cpu().numpy()
-        write_gaussian_ply(path, params)
+        extra = {"spec": m.spec_features.detach().cpu().numpy()} if m.cfg.spec_feature_dim > 0 else None
+        write_gaussian_ply(path, params, extra)

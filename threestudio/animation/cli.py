@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -83,7 +82,6 @@ def run(a) -> int:
     from threestudio.animation.animator import GaussianAnimator
     from threestudio.animation.motion import load_motion, retarget
     from threestudio.data.human_cameras import make_cameras
-    from threestudio.models.geometry.gaussian_model import GaussianModel
     from threestudio.utils.errors import UserError
     from threestudio.utils.io import save_video
     from threestudio.utils.ply import read_gaussian_ply
@@ -91,7 +89,7 @@ def run(a) -> int:
     if not (a.play or a.gui or a.export_ply):
         raise UserError("nothing to do: add --play (video), --gui (web viewer) and/or --export-ply DIR")
     ply, motion_path = Path(a.ply), Path(a.motion)
-    params, _ = read_gaussian_ply(ply)  # validates before anything heavy
+    read_gaussian_ply(ply)  # validates before anything heavy
     motion = load_motion(motion_path, fps=a.fps)
     if a.max_frames:
         from threestudio.animation.motion import Motion
@@ -99,12 +97,15 @@ def run(a) -> int:
         n = a.max_frames
         motion = Motion(motion.global_orient[:n], motion.body_pose[:n], motion.trans[:n], motion.fps)
     dev = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else (a.device if a.device != "auto" else "cpu"))
-    sh = int(round(math.sqrt(params["f_rest"].shape[1] + 1))) - 1
-    model = GaussianModel({"sh_degree": sh})
-    model.load_ply(ply)
+    from threestudio.systems.base import load_avatar
+
+    model, appearance = load_avatar(ply, "body-gaussian-geometry", {})  # + highlights if avatar.specular.pt exists
     model.to(dev)
+    if appearance is not None:
+        appearance.to(dev)
+        print("specular appearance loaded: rendering view-dependent highlights")
     template = resolve_template(ply, a.template)
-    animator = GaussianAnimator(model, template)
+    animator = GaussianAnimator(model, template, appearance=appearance)
     G = retarget(motion, template).to(dev)
     T = G.shape[0]
     if a.export_ply:
@@ -125,7 +126,9 @@ def run(a) -> int:
                 cam.c2w = cam.c2w + shift
                 cam.center = cam.center + shift[:, :3, 3]
             with torch.no_grad():
-                frames.append(renderer.render(animator.pose(G[i]), cam.to(dev))["comp_rgb"][0].cpu())
+                cam = cam.to(dev)
+                posed = animator.pose(G[i])
+                frames.append(renderer.render(posed, cam, animator.colors(posed, cam.c2w))["comp_rgb"][0].cpu())
         out = Path(a.out) if a.out else default_out(ply, motion_path)
         save_video(out, frames, fps=int(round(a.fps)))
         print(f"wrote {out} ({T} frames at {a.fps:g} fps)")

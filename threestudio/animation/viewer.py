@@ -12,9 +12,22 @@ from threestudio.ops.gaussians import covariance_3d
 from threestudio.utils.errors import UserError
 
 
-def _arrays(posed):
+_FRONT = None
+
+
+def _arrays(posed, animator=None):
+    """viser buffers; specular highlights are baked for a camera in front of the avatar (viser splats
+    carry one colour each)."""
+    global _FRONT
     cov = covariance_3d(posed.scales, posed.rotations)
-    return (posed.means.float().cpu().numpy(), cov.float().cpu().numpy(), posed.colors.clamp(0, 1).float().cpu().numpy(),
+    rgb = posed.colors
+    if animator is not None and animator.appearance is not None:
+        if _FRONT is None:
+            from threestudio.data.human_cameras import make_cameras
+
+            _FRONT = make_cameras([90.0], 5.0, 2.5, 50.0, 8, 8, 0.0, "body").c2w
+        rgb = animator.colors(posed, _FRONT.to(posed.means))[0]
+    return (posed.means.float().cpu().numpy(), cov.float().cpu().numpy(), rgb.clamp(0, 1).float().cpu().numpy(),
             posed.opacities.float().cpu().numpy()[:, None])
 
 
@@ -32,7 +45,7 @@ def serve(animator, transforms: torch.Tensor, fps: float, host: str = "127.0.0.1
     server = viser.ViserServer(host=host, port=port, verbose=False)
     server.scene.set_up_direction("+z")
     T = transforms.shape[0]
-    c, cov, rgb, op = _arrays(animator.pose(transforms[0]))
+    c, cov, rgb, op = _arrays(animator.pose(transforms[0]), animator)
     handle = server.scene.add_gaussian_splats("/avatar", centers=c, covariances=cov, rgbs=rgb, opacities=op)
     play = server.gui.add_checkbox("play", initial_value=True)
     frame = server.gui.add_slider("frame", min=0, max=max(T - 1, 1), step=1, initial_value=0)
@@ -41,7 +54,7 @@ def serve(animator, transforms: torch.Tensor, fps: float, host: str = "127.0.0.1
     def show(i: int) -> None:
         if i == shown["i"]:
             return
-        c, cov, rgb, op = _arrays(animator.pose(transforms[i]))
+        c, cov, rgb, op = _arrays(animator.pose(transforms[i]), animator)
         handle.set_gaussians(centers=c, covariances=cov, rgbs=rgb, opacities=op)
         shown["i"] = i
 

@@ -44,9 +44,10 @@ def textured_model(template: BodyTemplate, n: int, seed: int = 1) -> GaussianMod
 @torch.no_grad()
 def write_known_answer_stages(out: str | Path, template: BodyTemplate, gt: GaussianModel, renderer, n_init: int,
                               n_views: int = 32, resolution: int = 1024, elevation: float = 17.0,
-                              distance: float = 1.5, fovy: float = 70.0, device="cpu") -> Path:
+                              distance: float = 1.5, fovy: float = 70.0, device="cpu", appearance=None) -> Path:
     """Write ``out/stage1`` (a plain, grey template initialisation as the stage-1 avatar) and
-    ``out/stage2`` (ground-truth renders of the ring as "refined" views). Returns ``out/stage2``."""
+    ``out/stage2`` (ground-truth renders of the ring as "refined" views, with ``appearance``'s
+    view-dependent colours when given). Returns ``out/stage2``."""
     from threestudio.systems.refine import alpha_bbox
 
     out = Path(out)
@@ -61,7 +62,8 @@ def write_known_answer_stages(out: str | Path, template: BodyTemplate, gt: Gauss
     gt = gt.to(device)
     views = []
     for i in range(n_views):
-        r = renderer.render(gt, cams[i])
+        colors = appearance.colors(gt, cams.c2w[i:i + 1]) if appearance is not None else None
+        r = renderer.render(gt, cams[i], colors)
         save_image(s2 / "save" / "views" / f"refined_{i:03d}.png", r["comp_rgb"][0])
         views.append({"index": i, "refined": f"save/views/refined_{i:03d}.png", "azimuth": float(cams.azimuth[i]),
                       "elevation": elevation, "distance": distance, "fovy_deg": fovy, "height": resolution,

@@ -36,6 +36,9 @@ class AHDSSystem(GaussianSystem):
         prompt_processor: dict = field(default_factory=dict)
         densify: dict = field(default_factory=dict)
         """:class:`DensifyPolicy` fields."""
+        appearance_type: str = ""
+        """``asg-specular-appearance`` for SpecularIP's SEID (view-dependent highlights); empty = SH only."""
+        appearance: dict = field(default_factory=dict)
         pose_resolution: int = 512
         """Size of the OpenPose condition images (= guidance.sds_resolution)."""
         lambda_sds: float = 1.0
@@ -69,7 +72,12 @@ class AHDSSystem(GaussianSystem):
         super().__init__(cfg, trial_dir)
         self.max_steps = max_steps
         self.template = threestudio.find(self.cfg.body_type)(self.cfg.body).template()
-        self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry).init_from_template(self.template)
+        geo_cfg = dict(self.cfg.geometry)
+        if self.cfg.appearance_type:
+            self.appearance = threestudio.find(self.cfg.appearance_type)(self.cfg.appearance)
+            geo_cfg["spec_feature_dim"] = self.appearance.cfg.feature_dim
+        self.body_type = self.cfg.body_type
+        self.geometry = threestudio.find(self.cfg.geometry_type)(geo_cfg).init_from_template(self.template)
         self.strategy = DensifyStrategy(self.cfg.densify)
 
     def on_fit_start(self) -> None:

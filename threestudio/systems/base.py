@@ -59,6 +59,44 @@ class BaseSystem(pl.LightningModule):
             torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
+def load_avatar(path, geometry_type: str, geometry_cfg: dict, appearance_type: str = "", appearance_cfg: dict | None = None):
+    """Gaussians (and their specular appearance, if any) from an avatar PLY of an earlier stage.
+
+    The SH degree and the specular feature size are read from the file; the appearance network is
+    ``<avatar>.specular.pt`` beside it. If ``appearance_type`` asks for specular but the avatar is
+    diffuse-only, fresh features and a fresh network are created (specular added in a later stage).
+
+    Returns:
+        ``(model, appearance or None)``.
+    """
+    import math
+    from pathlib import Path
+
+    from threestudio.utils.ply import read_gaussian_ply
+
+    params, extra = read_gaussian_ply(path)
+    d = len([k for k in extra if k.startswith("spec_")])
+    cfg = dict(geometry_cfg or {})
+    cfg["sh_degree"] = int(round(math.sqrt(params["f_rest"].shape[1] + 1))) - 1
+    cfg["spec_feature_dim"] = d
+    model = threestudio.find(geometry_type)(cfg)
+    model.load_ply(path)
+    net = Path(path).with_suffix(".specular.pt")
+    appearance = None
+    if d > 0 and net.is_file():
+        appearance = threestudio.find("asg-specular-appearance").load(net)
+    elif appearance_type:
+        appearance = threestudio.find(appearance_type)(appearance_cfg or {})
+        fd = appearance.cfg.feature_dim
+        cfg["spec_feature_dim"] = fd
+        fresh = threestudio.find(geometry_type)(cfg)
+        p = {k: getattr(model, k).detach() for k in model.param_names}
+        p["spec_features"] = 0.1 * torch.randn(model.num_points, fd, generator=torch.Generator().manual_seed(0))
+        fresh.set_params(p)
+        model = fresh
+    return model, appearance
+
+
 class GaussianSystem(BaseSystem):
     """A stage that optimises Gaussians: renderer choice, densify strategy state in checkpoints,
     validation grid, test turntable and ``save/avatar.ply`` export. Subclasses set
@@ -66,6 +104,11 @@ class GaussianSystem(BaseSystem):
     ``renderer``, ``body_type`` and ``turntable_fps``."""
 
     _renderer = None
+
+    def __init__(self, cfg: dict, trial_dir: str):
+        super().__init__(cfg, trial_dir)
+        self.appearance = None
+        """Optional view-dependent appearance (``asg-specular-appearance``); None = SH colour only."""
 
     @property
     def renderer(self):
@@ -77,10 +120,16 @@ class GaussianSystem(BaseSystem):
         return self._renderer
 
     def render(self, cams):
-        return self.renderer.render(self.geometry, cams)
+        colors = None
+        if self.appearance is not None:
+            colors = self.appearance.colors(self.geometry, cams.c2w.to(self.geometry.means))
+        return self.renderer.render(self.geometry, cams, colors)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.geometry.param_groups(), lr=0.0, eps=1e-15)
+        groups = self.geometry.param_groups()
+        if self.appearance is not None:
+            groups += self.appearance.param_groups()
+        return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
 
     def backward_step(self, loss, out: dict, cams, step: int, optimizer) -> None:
         """Backward of one step (Lightning's manual backward when attached to a Trainer), densify
@@ -148,7 +197,9 @@ class GaussianSystem(BaseSystem):
     def export(self) -> None:
         """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
         self.geometry.save_ply(self.save_path("avatar.ply"))
-        self.write_manifest(avatar="save/avatar.ply", body=getattr(self, "body_type", "") or self.cfg.body_type,
+        if self.appearance is not None:
+            self.appearance.save(self.save_path("avatar.specular.pt"))
+        self.write_manifest(specular=self.appearance is not None, avatar="save/avatar.ply", body=getattr(self, "body_type", "") or self.cfg.body_type,
                             num_gaussians=self.geometry.num_points, step=self.step)
 
 

@@ -35,6 +35,10 @@ class ReconstructSystem(GaussianSystem):
         loss_size: int = 0
         """Side of the square the loss boxes are resized to (0 = the largest box side)."""
         turntable_fps: int = 30
+        appearance_type: str = ""
+        """``asg-specular-appearance`` for SpecularIP's SCR (trains features and network); a specular
+        stage-1 avatar keeps its appearance either way."""
+        appearance: dict = field(default_factory=dict)
 
     @classmethod
     def preflight(cls, cfg: dict, mode: str) -> None:
@@ -46,8 +50,10 @@ class ReconstructSystem(GaussianSystem):
         super().__init__(cfg, trial_dir)
         self.stage2 = read_stage(self.cfg.init_from, "refine", ("cameras",))
         self.body_type = self.cfg.body_type or self.stage2.get("body", "anny-body")
-        self.geometry = threestudio.find(self.cfg.geometry_type)(self.cfg.geometry)
-        self.geometry.load_ply(self.stage2["avatar_in"])
+        from threestudio.systems.base import load_avatar
+
+        self.geometry, self.appearance = load_avatar(self.stage2["avatar_in"], self.cfg.geometry_type, self.cfg.geometry,
+                                                     self.cfg.appearance_type, self.cfg.appearance)
         self.strategy = DensifyStrategy(self.cfg.densify)
         self.lpips = None
 

@@ -89,8 +89,10 @@ class RefineSystem(GaussianSystem):
         body_cfg = self.cfg.body or dict(s1cfg.system.get("body", {}))
         self.template = threestudio.find(self.body_type)(body_cfg).template()
         geo_cfg = self.cfg.geometry or dict(s1cfg.system.get("geometry", {}))
-        self.geometry = threestudio.find(self.cfg.geometry_type)(geo_cfg)
-        self.geometry.load_ply(f"{self.stage1['trial_dir']}/{self.stage1['avatar']}")
+        from threestudio.systems.base import load_avatar
+
+        self.geometry, self.appearance = load_avatar(f"{self.stage1['trial_dir']}/{self.stage1['avatar']}",
+                                                     self.cfg.geometry_type, geo_cfg)
 
     def run_stage(self, device) -> None:
         """Render the ring, refine it, save everything (the whole stage)."""

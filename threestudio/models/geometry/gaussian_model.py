@@ -56,6 +56,9 @@ class GaussianModel(BaseModule):
         lr_opacity: float = 0.01
         lr_scales: float = 0.005
         lr_quats: float = 0.001
+        spec_feature_dim: int = 0
+        """Latent specular feature per Gaussian (0 = diffuse only; the specular preset sets 32)."""
+        lr_spec_features: float = 0.0125
 
     def configure(self) -> None:
         n = 1
@@ -66,6 +69,13 @@ class GaussianModel(BaseModule):
         self.opacity_logit = nn.Parameter(torch.zeros(n))
         self.log_scales = nn.Parameter(torch.zeros(n, 3))
         self.quats = nn.Parameter(torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+        if self.cfg.spec_feature_dim > 0:
+            self.spec_features = nn.Parameter(torch.zeros(n, self.cfg.spec_feature_dim))
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Per-Gaussian parameters (densify/prune edits all of them)."""
+        return PARAM_NAMES + (("spec_features",) if self.cfg.spec_feature_dim > 0 else ())
 
     # ----------------------------------------------------------------- construction
     def init_from_template(self, template: BodyTemplate) -> "GaussianModel":
@@ -79,13 +89,15 @@ class GaussianModel(BaseModule):
             "opacity_logit": inverse_sigmoid(torch.full((n,), self.cfg.init_opacity)),
             "log_scales": knn_isotropic_log_scale(pts, self.cfg.knn),
             "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+            **({"spec_features": 0.1 * torch.randn(n, self.cfg.spec_feature_dim, generator=torch.Generator().manual_seed(self.cfg.seed))}
+               if self.cfg.spec_feature_dim > 0 else {}),
         })
         return self
 
     def set_params(self, params: dict[str, Tensor]) -> None:
         """Replace all parameters (new ``nn.Parameter`` objects; rebuild optimisers after)."""
         dev = self.means.device
-        for name in PARAM_NAMES:
+        for name in self.param_names:
             setattr(self, name, nn.Parameter(torch.as_tensor(params[name], dtype=torch.float32).to(dev).contiguous()))
 
     @property
@@ -121,7 +133,8 @@ class GaussianModel(BaseModule):
             {"params": [self.opacity_logit], "lr": c.lr_opacity, "name": "opacity_logit"},
             {"params": [self.log_scales], "lr": c.lr_scales, "name": "log_scales"},
             {"params": [self.quats], "lr": c.lr_quats, "name": "quats"},
-        ]
+        ] + ([{"params": [self.spec_features], "lr": c.lr_spec_features, "name": "spec_features"}]
+             if c.spec_feature_dim > 0 else [])
 
     def means_lr(self, step: int) -> float:
         """Log-linear position lr (3DGS ``get_expon_lr_func`` without delay)."""
@@ -134,7 +147,7 @@ class GaussianModel(BaseModule):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The Gaussian count changes with densification: resize before the copy so that a
         # checkpoint of any size loads (resume, method §12.15).
-        for name in PARAM_NAMES:
+        for name in self.param_names:
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 setattr(self, name, nn.Parameter(torch.empty_like(state_dict[key], device=self.means.device)))
@@ -145,7 +158,11 @@ class GaussianModel(BaseModule):
         return {k: getattr(self, k).detach().float().cpu().numpy() for k in PARAM_NAMES}
 
     def save_ply(self, path: str | Path, extra: dict | None = None) -> None:
-        """Write a standard 3DGS PLY (see :mod:`threestudio.utils.ply`) atomically."""
+        """Write a standard 3DGS PLY (see :mod:`threestudio.utils.ply`) atomically; specular features,
+        if any, as the extra properties ``spec_0..spec_{D-1}`` (ignored by other 3DGS tools)."""
+        extra = dict(extra or {})
+        if self.cfg.spec_feature_dim > 0:
+            extra["spec"] = self.spec_features.detach().float().cpu().numpy()
         write_gaussian_ply(path, self.numpy_params(), extra)
 
     def load_ply(self, path: str | Path) -> dict:
@@ -162,5 +179,12 @@ class GaussianModel(BaseModule):
             raise UserError(f"{path}: has {params['f_rest'].shape[1]} f_rest bands per channel, this "
                             f"model expects SH degree {self.cfg.sh_degree} ({k}); set "
                             "system.geometry.sh_degree accordingly")
+        spec = sorted([k_ for k_ in extra if k_.startswith("spec_")], key=lambda q: int(q.split("_")[1]))
+        d = self.cfg.spec_feature_dim
+        if d > 0:
+            if len(spec) != d:
+                raise UserError(f"{path}: has {len(spec)} specular features per Gaussian, expected {d} "
+                                "(a diffuse-only PLY loads with system.geometry.spec_feature_dim=0)")
+            params["spec_features"] = np.stack([extra[k_] for k_ in spec], 1).astype(np.float32)
         self.set_params({k_: torch.from_numpy(v) for k_, v in params.items()})
         return extra

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from threestudio.models.geometry.gaussian_model import PARAM_NAMES, GaussianModel
+from threestudio.models.geometry.gaussian_model import GaussianModel
 from threestudio.ops.densify import densify_masks, ndc_grad_norm, prune_mask, split_children
 from threestudio.utils.config import parse_structured
 
@@ -73,7 +73,7 @@ class DensifyStrategy:
         if step in c.densify_steps and self.denom.shape[0] == model.num_points:
             grad_mean = torch.nan_to_num(self.grad_accum / self.denom.clamp_min(1))
             grad_mean[self.denom == 0] = 0
-            params = {k: getattr(model, k).detach() for k in PARAM_NAMES}
+            params = {k: getattr(model, k).detach() for k in model.param_names}
             max_scale = torch.exp(params["log_scales"]).max(-1).values
             clone, split = densify_masks(grad_mean, max_scale, c.grad_threshold, c.percent_dense * c.scene_extent)
             budget = c.max_points - model.num_points
@@ -109,7 +109,7 @@ def _edit(model: GaussianModel, optimizer, keep: torch.Tensor, new: dict | None)
         for group in optimizer.param_groups:
             p = group["params"][0]
             by_param[id(p)] = group
-    for name in PARAM_NAMES:
+    for name in model.param_names:
         old = getattr(model, name)
         data = old.detach()[keep]
         if new is not None:
