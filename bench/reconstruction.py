@@ -20,7 +20,8 @@ from common import emit  # noqa: E402
 
 
 @torch.no_grad()
-def score(system, gt, renderer, res: int) -> dict:
+def score(system, gt, renderer, res: int, gt_appearance=None) -> dict:
+    """Held-out PSNR / SSIM of ``system`` (rendered with its own appearance) against the ground truth."""
     from pytorch_msssim import ssim
 
     from threestudio.data.human_cameras import ring_cameras
@@ -33,8 +34,9 @@ def score(system, gt, renderer, res: int) -> dict:
         cams = ring_cameras(16 if res > 128 else 4, el, 1.5, 70.0, res, start_azimuth=start).to(gt.means.device)
         ps, pb, ss = [], [], []
         for i in range(len(cams)):
-            t = renderer.render(gt, cams[i])
-            r = renderer.render(system.geometry, cams[i])["comp_rgb"]
+            gc = gt_appearance.colors(gt, cams.c2w[i:i + 1]) if gt_appearance is not None else None
+            t = renderer.render(gt, cams[i], gc)
+            r = system.render(cams[i])["comp_rgb"]
             x0, y0, x1, y1 = alpha_bbox(t["opacity"][0].cpu(), margin=0.02)
             ps.append(float(psnr(r, t["comp_rgb"])))
             pb.append(float(psnr(r[:, y0:y1, x0:x1], t["comp_rgb"][:, y0:y1, x0:x1])))
@@ -48,13 +50,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def train(s2, steps: int, fixed_crop: bool, device) -> tuple:
+def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -> tuple:
     from threestudio.data.refined_views import RandomTargets, load_refined_views
     from threestudio.systems.reconstruct import ReconstructSystem
 
     ren = "gsplat-renderer" if device.type == "cuda" else "torch-splat-renderer"
     sysm = ReconstructSystem({"init_from": str(s2), "renderer_type": ren, "lambda_lpips": 0.0,
-                              "loss_size": 415 if fixed_crop else 0}, "/tmp/bench_s3").to(device)
+                              "loss_size": 415 if fixed_crop else 0, "appearance_type": appearance_type},
+                             "/tmp/bench_s3").to(device)
     cams, imgs, boxes = load_refined_views(str(s2))
     if fixed_crop:  # the reference: rows 60:890, cols 220:800 of a 1024² view, then x0.5 (method §8)
         s = cams.height / 1024
