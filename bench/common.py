@@ -38,3 +38,10 @@ def emit(result: dict, out: str | None) -> None:
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.float() - b.float()) ** 2).clamp_min(1e-20)
     return float(10 * torch.log10(1.0 / mse))
+
+
+def renderer_for(device: torch.device):
+    """gsplat on CUDA, the pure-torch rasterizer on CPU (smoke checks)."""
+    import threestudio
+
+    return threestudio.find("gsplat-renderer" if device.type == "cuda" else "torch-splat-renderer")({})

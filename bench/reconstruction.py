@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common import emit  # noqa: E402
+from common import emit, renderer_for  # noqa: E402
 
 
 @torch.no_grad()
@@ -89,16 +89,10 @@ def main():
     a = ap.parse_args()
     from threestudio.data.synthetic import textured_model, write_known_answer_stages
     from threestudio.models.body.template import BodyTemplate
-    from threestudio.models.renderers.gsplat_renderer import GsplatRenderer
 
     dev = torch.device(a.device)
     tpl = BodyTemplate.load(a.template)
-    if dev.type == "cuda":
-        ren = GsplatRenderer({})
-    else:
-        from threestudio.models.renderers.torch_splat import TorchSplatRenderer
-
-        ren = TorchSplatRenderer({})
+    ren = renderer_for(dev)
     gt = textured_model(tpl, a.gt_points).to(dev)
     res = {"benchmark": "reconstruction", "gt_points": a.gt_points, "init_points": a.init_points, "train_views": 32,
            "resolution": a.res, "steps": a.steps}

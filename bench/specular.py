@@ -13,7 +13,7 @@ import tempfile
 
 import torch
 
-from common import emit  # noqa: E402
+from common import emit, renderer_for  # noqa: E402
 from reconstruction import score, train  # noqa: E402
 
 
@@ -34,14 +34,7 @@ def main():
 
     dev = torch.device(a.device)
     tpl = BodyTemplate.load(a.template)
-    if dev.type == "cuda":
-        from threestudio.models.renderers.gsplat_renderer import GsplatRenderer
-
-        ren = GsplatRenderer({})
-    else:
-        from threestudio.models.renderers.torch_splat import TorchSplatRenderer
-
-        ren = TorchSplatRenderer({})
+    ren = renderer_for(dev)
     base = textured_model(tpl, a.gt_points)
     gt = GaussianModel({"num_points": a.gt_points, "spec_feature_dim": 32})
     p = {k: getattr(base, k).detach() for k in base.param_names}
