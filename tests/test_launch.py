@@ -96,7 +96,6 @@ def test_bad_input_is_one_clear_error(tiny_dir, tmp_path, case, extra, pattern):
 
 def test_full_model_without_weights_fails_fast(tmp_path):
     env_home = tmp_path / "hf"
-    os.environ_backup = dict(os.environ)
     t = time.time()
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HOME=str(env_home), INSIGHTFACE_HOME=str(tmp_path / "if"),
                HF_HUB_OFFLINE="1")
