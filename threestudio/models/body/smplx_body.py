@@ -72,7 +72,7 @@ class SMPLXBody(BodyModel):
         import smplx
 
         f = self._model_file()
-        model = smplx.create(str(f.parent), model_type="smplx", gender=self.cfg.gender, use_pca=False,
+        model = smplx.create(str(f), model_type="smplx", gender=self.cfg.gender, use_pca=False,
                              flat_hand_mean=True, use_face_contour=False, num_betas=10,
                              num_expression_coeffs=10, ext="npz").double()
         body_pose = smplx_apose_body_pose().reshape(1, -1)
