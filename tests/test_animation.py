@@ -124,6 +124,14 @@ def test_motion_formats_and_resampling(tmp_path):
     np.testing.assert_allclose(m.body_pose[3], m2.body_pose[6], atol=1e-5)  # exact source frames
     np.savez(tmp_path / "x.npz", poses=rng.normal(0, 0.2, (4, 55, 3)))  # no trans, no rate
     assert len(load_motion(tmp_path / "x.npz")) == 4
+    body = rng.normal(0, 0.2, (5, 63))
+    np.savez(tmp_path / "split.npz", pose_body=body)  # no global orientation, no translation
+    m3 = load_motion(tmp_path / "split.npz")
+    assert len(m3) == 5 and (m3.global_orient == 0).all()
+    np.testing.assert_allclose(m3.body_pose.reshape(5, 63), body, atol=1e-6)
+    np.savez(tmp_path / "bad.npz", pose_body=np.zeros((5, 30)))
+    with pytest.raises(UserError, match="expected 21"):
+        load_motion(tmp_path / "bad.npz")
 
 
 def _cli(*args, timeout=600):

@@ -1,7 +1,8 @@
 """Body motions from AMASS-style files and their retargeting to a body template.
 
 Accepted ``.npz`` (AMASS conventions): ``poses`` [T, 165] / [T, 55, 3] (SMPL-X) or [T, 156] /
-[T, 52, 3] (SMPL-H) axis-angles (global orientation first, then the 21 body joints), optional
+[T, 52, 3] (SMPL-H) axis-angles (global orientation first, then the 21 body joints), or the split
+AMASS-X keys ``pose_body`` [T, 63] / [T, 21, 3] with an optional ``root_orient`` [T, 3]; optional
 ``trans`` [T, 3] (metres), ``mocap_framerate`` (or ``mocap_frame_rate``; default 30).
 """
 from __future__ import annotations
@@ -64,10 +65,18 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
         files = set(z.files)
     except Exception as e:  # noqa: BLE001
         raise UserError(f"cannot read motion {path}: {e} (expected an AMASS-style .npz)") from None
-    if "poses" not in files:
+    if "poses" not in files and "pose_body" not in files:
         raise UserError(f"motion {path} has no 'poses' array (keys: {sorted(files)}); expected AMASS SMPL-X "
-                        "'poses' [T,165] or [T,55,3], or SMPL-H [T,156]")
-    poses = np.asarray(z["poses"], dtype=np.float64)
+                        "'poses' [T,165] or [T,55,3], SMPL-H [T,156], or 'pose_body' [T,63] (+ 'root_orient')")
+    if "poses" in files:
+        poses = np.asarray(z["poses"], dtype=np.float64)
+    else:  # split keys: body pose [+ root orientation], padded to the SMPL-X layout
+        body = np.asarray(z["pose_body"], dtype=np.float64)
+        Tb = body.shape[0] if body.ndim >= 1 else 0
+        if Tb and body.reshape(Tb, -1).shape[1] != 63:
+            raise UserError(f"motion {path}: 'pose_body' has {body.reshape(Tb, -1).shape[1] // 3} joints per frame; expected 21")
+        root = np.asarray(z["root_orient"], dtype=np.float64).reshape(Tb, 3) if "root_orient" in files else np.zeros((Tb, 3))
+        poses = np.concatenate([root, body.reshape(Tb, 63), np.zeros((Tb, 99))], 1) if Tb else np.zeros((0, 165))
     T = poses.shape[0] if poses.ndim >= 1 else 0
     if T == 0:
         raise UserError(f"motion {path} has zero frames")
