@@ -73,7 +73,7 @@ def run(system, cfg, steps: int, start_step: int = 1500) -> dict:
 
     data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
     opt = system.configure_optimizers()
-    times, render_ms = [], []
+    times = []
     torch.cuda.reset_peak_memory_stats() if DEVICE == 'cuda' else None
     for i in range(steps + 2):
         s = start_step + i

@@ -9,7 +9,6 @@ from threestudio.ops.vcr import SDEDIT_GRID, ddim_step, sdedit_timesteps, tiers,
 @pytest.mark.parametrize("n", [32, 16, 8, 40])
 def test_roles_and_fusion_weights(n):
     roles = view_roles(n)
-    s = n // 8
     az = {r.index: r.azimuth for r in roles}
     prim = [r for r in roles if r.kind == "primary"]
     keys = [r for r in roles if r.kind == "key"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import torch
 
 from threestudio.ops.gaussians import covariance_3d
@@ -79,5 +78,3 @@ def serve(animator, transforms: torch.Tensor, fps: float, host: str = "127.0.0.1
         server.stop()
     return server
 
-
-_ = np

@@ -2,7 +2,6 @@
 back close-ups and their step windows; fixed validation views; turntable rings."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
@@ -156,5 +155,3 @@ class HumanCameraDataModule(pl.LightningDataModule):
     def predict_dataloader(self):
         return self.test_dataloader()
 
-
-_ = math

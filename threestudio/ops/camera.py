@@ -8,8 +8,6 @@ use OpenCV ``w2c`` (x right, y down, z forward); :func:`c2w_gl_to_w2c_cv` conver
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -89,5 +87,3 @@ def wrap_degrees(a: Tensor) -> Tensor:
     """Wrap angles to (-180, 180]."""
     return -((-a + 180.0) % 360.0 - 180.0)
 
-
-_ = math

@@ -3,7 +3,6 @@ bones, the canonical pose is exactly the training A-pose) and the geometry it ne
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from threestudio.utils.typing import Float, Int, Tensor
 

@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -138,5 +136,3 @@ def sparsity_loss(opacity: Float[Tensor, "B H W 1"]) -> Tensor:
     depth as "opacity": §12.6)."""
     return torch.sqrt(opacity.float() ** 2 + 0.01).mean()
 
-
-_ = math

@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 import torch
 
 import threestudio
-from threestudio.models.geometry.strategy import DensifyStrategy
 from threestudio.utils.config import parse_structured
 from threestudio.utils.io import atomic_write_text, save_image, save_video
 
@@ -202,5 +201,3 @@ class GaussianSystem(BaseSystem):
         self.write_manifest(specular=self.appearance is not None, avatar="save/avatar.ply", body=getattr(self, "body_type", "") or self.cfg.body_type,
                             num_gaussians=self.geometry.num_points, step=self.step)
 
-
-_ = DensifyStrategy

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 import threestudio
 from threestudio.models.geometry.strategy import DensifyStrategy
 from threestudio.ops.losses import crop_boxes, psnr, ssim_loss

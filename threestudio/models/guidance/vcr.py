@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from threestudio.ops.vcr import SDEDIT_GRID, ViewRole, attention, ddim_step, fused_attention, tiers, view_roles
+from threestudio.ops.vcr import SDEDIT_GRID, attention, ddim_step, fused_attention, tiers, view_roles
 
 
 @dataclass
@@ -169,5 +169,3 @@ class VCRRefiner:
             self.ctx.store.clear()
         return out
 
-
-_ = ViewRole
