@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Run one pipeline stage: parse configs -> find(system), find(data) -> Lightning Trainer.
 
-    python launch.py --config configs/ahds.yaml --train system.prompt_processor.prompt="A man" \
-        system.face_image=face.png
+    python launch.py --config configs/ahds.yaml --train system.prompt_processor.prompt="A man" system.face_image=face.png
+    python launch.py --config configs/refine.yaml --train system.init_from=<stage-1 trial>       # stage 2
+    python launch.py --config configs/reconstruct.yaml --train system.init_from=<stage-2 trial>  # stage 3
     python launch.py --train --resume outputs/gaussianip/<trial>        # continue a run
     python launch.py --test --resume outputs/gaussianip/<trial>         # turntable + avatar.ply again
     python launch.py --export --resume outputs/gaussianip/<trial>       # avatar.ply only
