@@ -76,7 +76,6 @@ class AHDSSystem(GaussianSystem):
         if self.cfg.appearance_type:
             self.appearance = threestudio.find(self.cfg.appearance_type)(self.cfg.appearance)
             geo_cfg["spec_feature_dim"] = self.appearance.cfg.feature_dim
-        self.body_type = self.cfg.body_type
         self.geometry = threestudio.find(self.cfg.geometry_type)(geo_cfg).init_from_template(self.template)
         self.strategy = DensifyStrategy(self.cfg.densify)
 

@@ -73,26 +73,23 @@ def load_avatar(path, geometry_type: str, geometry_cfg: dict, appearance_type: s
 
     from threestudio.utils.ply import read_gaussian_ply
 
-    params, extra = read_gaussian_ply(path)
+    params, extra = read_gaussian_ply(path)  # read once
     d = len([k for k in extra if k.startswith("spec_")])
-    cfg = dict(geometry_cfg or {})
-    cfg["sh_degree"] = int(round(math.sqrt(params["f_rest"].shape[1] + 1))) - 1
-    cfg["spec_feature_dim"] = d
-    model = threestudio.find(geometry_type)(cfg)
-    model.load_ply(path)
     net = Path(path).with_suffix(".specular.pt")
     appearance = None
     if d > 0 and net.is_file():
         appearance = threestudio.find("asg-specular-appearance").load(net)
     elif appearance_type:
         appearance = threestudio.find(appearance_type)(appearance_cfg or {})
-        fd = appearance.cfg.feature_dim
-        cfg["spec_feature_dim"] = fd
-        fresh = threestudio.find(geometry_type)(cfg)
-        p = {k: getattr(model, k).detach() for k in model.param_names}
-        p["spec_features"] = 0.1 * torch.randn(model.num_points, fd, generator=torch.Generator().manual_seed(0))
-        fresh.set_params(p)
-        model = fresh
+        if d != appearance.cfg.feature_dim:  # specular added in a later stage: fresh features
+            d = appearance.cfg.feature_dim
+            n = params["means"].shape[0]
+            params = {**params, "spec_features": 0.1 * torch.randn(n, d, generator=torch.Generator().manual_seed(0))}
+    cfg = dict(geometry_cfg or {})
+    cfg["sh_degree"] = int(round(math.sqrt(params["f_rest"].shape[1] + 1))) - 1
+    cfg["spec_feature_dim"] = d
+    model = threestudio.find(geometry_type)(cfg)
+    model.load_params(params, extra, str(path))
     return model, appearance
 
 
@@ -108,6 +105,10 @@ class GaussianSystem(BaseSystem):
         super().__init__(cfg, trial_dir)
         self.appearance = None
         """Optional view-dependent appearance (``asg-specular-appearance``); None = SH colour only."""
+        self.body_type = getattr(self.cfg, "body_type", "")
+        """Body template kind recorded in the manifest (subclasses resolve it from earlier stages)."""
+        self._val_images: list = []
+        self._test_frames: list = []
 
     @property
     def renderer(self):
@@ -166,11 +167,10 @@ class GaussianSystem(BaseSystem):
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
-        self._val_images = getattr(self, "_val_images", [])
         self._val_images.append(self.render(batch)["comp_rgb"][0].cpu())
 
     def on_validation_epoch_end(self) -> None:
-        imgs = getattr(self, "_val_images", [])
+        imgs = self._val_images
         if imgs:
             n = len(imgs) // 2 or 1
             rows = [torch.cat(imgs[i:i + n], dim=1) for i in range(0, len(imgs), n)]
@@ -179,11 +179,10 @@ class GaussianSystem(BaseSystem):
 
     @torch.no_grad()
     def test_step(self, batch, batch_idx):
-        self._test_frames = getattr(self, "_test_frames", [])
         self._test_frames.append(self.render(batch)["comp_rgb"][0].cpu())
 
     def on_test_epoch_end(self) -> None:
-        frames = getattr(self, "_test_frames", [])
+        frames = self._test_frames
         if frames:
             save_video(self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps)
             self.write_manifest(turntable="save/turntable.mp4")
@@ -198,6 +197,6 @@ class GaussianSystem(BaseSystem):
         self.geometry.save_ply(self.save_path("avatar.ply"))
         if self.appearance is not None:
             self.appearance.save(self.save_path("avatar.specular.pt"))
-        self.write_manifest(specular=self.appearance is not None, avatar="save/avatar.ply", body=getattr(self, "body_type", "") or self.cfg.body_type,
+        self.write_manifest(specular=self.appearance is not None, avatar="save/avatar.ply", body=self.body_type,
                             num_gaussians=self.geometry.num_points, step=self.step)
 

@@ -169,22 +169,31 @@ class GaussianModel(BaseModule):
         """Load Gaussians from a 3DGS PLY; returns the extra per-vertex properties.
 
         Raises:
-            UserError: not a 3DGS PLY, or its SH degree does not match ``cfg.sh_degree``.
+            UserError: not a 3DGS PLY, or its SH degree / specular features do not match the config.
+        """
+        params, extra = read_gaussian_ply(path)
+        self.load_params(params, extra, str(path))
+        return extra
+
+    def load_params(self, params: dict[str, np.ndarray], extra: dict[str, np.ndarray], source: str = "PLY") -> None:
+        """Set the Gaussians from :func:`read_gaussian_ply` output (``spec_*`` extras become the
+        specular features when ``cfg.spec_feature_dim`` > 0; ``params`` may already hold them).
+
+        Raises:
+            UserError: the SH degree or the specular feature count does not match the config.
         """
         from threestudio.utils.errors import UserError
 
-        params, extra = read_gaussian_ply(path)
         k = (self.cfg.sh_degree + 1) ** 2 - 1
         if params["f_rest"].shape[1] != k:
-            raise UserError(f"{path}: has {params['f_rest'].shape[1]} f_rest bands per channel, this "
+            raise UserError(f"{source}: has {params['f_rest'].shape[1]} f_rest bands per channel, this "
                             f"model expects SH degree {self.cfg.sh_degree} ({k}); set "
                             "system.geometry.sh_degree accordingly")
-        spec = sorted([k_ for k_ in extra if k_.startswith("spec_")], key=lambda q: int(q.split("_")[1]))
         d = self.cfg.spec_feature_dim
-        if d > 0:
+        if d > 0 and "spec_features" not in params:
+            spec = sorted([k_ for k_ in extra if k_.startswith("spec_")], key=lambda q: int(q.split("_")[1]))
             if len(spec) != d:
-                raise UserError(f"{path}: has {len(spec)} specular features per Gaussian, expected {d} "
+                raise UserError(f"{source}: has {len(spec)} specular features per Gaussian, expected {d} "
                                 "(a diffuse-only PLY loads with system.geometry.spec_feature_dim=0)")
-            params["spec_features"] = np.stack([extra[k_] for k_ in spec], 1).astype(np.float32)
-        self.set_params({k_: torch.from_numpy(v) for k_, v in params.items()})
-        return extra
+            params = {**params, "spec_features": np.stack([extra[k_] for k_ in spec], 1).astype(np.float32)}
+        self.set_params({k_: torch.as_tensor(v) for k_, v in params.items()})
