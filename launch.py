@@ -7,6 +7,7 @@
     python launch.py --train --resume outputs/gaussianip/<trial>        # continue a run
     python launch.py --test --resume outputs/gaussianip/<trial>         # turntable + avatar.ply again
     python launch.py --export --resume outputs/gaussianip/<trial>       # avatar.ply only
+    python launch.py --config configs/reconstruct.yaml --check system.init_from=-   # models present?
 
 Every run writes a new trial directory <exp_root_dir>/<name>/<tag>@<timestamp>/ with
 configs/parsed.yaml, ckpts/last.ckpt, save/ (avatar.ply, turntable.mp4, validation renders) and
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     g.add_argument("--validate", action="store_true", help="render the validation views of a checkpoint")
     g.add_argument("--test", action="store_true", help="render the turntable and export the avatar of a checkpoint")
     g.add_argument("--export", action="store_true", help="write save/avatar.ply from a checkpoint")
+    g.add_argument("--check", action="store_true",
+                   help="only validate the configs and that every model file the stage needs is present; write nothing")
     ap.add_argument("--resume", default=None, help="trial directory or .ckpt to continue from / evaluate")
     ap.add_argument("--verbose", action="store_true", help="show library warnings and full tracebacks")
     ap.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. trainer.max_steps=100")
@@ -87,14 +90,15 @@ def run(args) -> int:
     from threestudio.utils.errors import ConfigError, UserError
     from threestudio.utils.io import atomic_write_text
 
-    mode = "train" if args.train else "validate" if args.validate else "test" if args.test else "export"
+    mode = ("train" if args.train else "validate" if args.validate else "test" if args.test
+            else "check" if args.check else "export")
     ckpt = None
     if args.resume:
         trial_dir, ckpt = resolve_resume(args.resume)
         parsed = trial_dir / "configs" / "parsed.yaml"
         cfg = load_config(*(args.config or [parsed]), cli_args=args.overrides, trial_dir=str(trial_dir))
     else:
-        if mode != "train":
+        if mode not in ("train", "check"):
             raise UserError(f"--{mode} needs --resume <trial directory or .ckpt>")
         if not args.config:
             raise UserError("no --config given (e.g. --config configs/ahds.yaml)")
@@ -107,6 +111,9 @@ def run(args) -> int:
         raise ConfigError(str(e.args[0])) from None
     system_cls.preflight(cfg.system, mode)
     data_cls(cfg.data)  # validates the data config
+    if mode == "check":
+        print(f"{cfg.system_type}: config and model files OK")
+        return 0
 
     if trial_dir is None and cfg.trial_dir:  # an explicit trial directory (run.sh pipelines)
         trial_dir = Path(cfg.trial_dir)
@@ -122,11 +129,30 @@ def run(args) -> int:
         atomic_write_text(trial_dir / "cmd.txt", " ".join(map(str, sys.argv)) + "\n")
 
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
     pl.seed_everything(cfg.seed, verbose=False)
     system = system_cls(cfg.system, str(trial_dir), max_steps=cfg.trainer.max_steps)
+    try:
+        _run_system(system, system_cls, cfg, mode, trial_dir, ckpt, data_cls)
+    except Exception as e:  # a stage that still runs out of GPU memory: one clear message, outputs kept
+        from threestudio.utils.gpu import is_out_of_memory, oom_message
+
+        if not is_out_of_memory(e):
+            raise
+        budget = system.budget.gib if system.budget is not None and system.budget.limited else None
+        raise UserError(oom_message(system.stage_label, system.oom_advice, trial_dir, budget)) from None
+    print(f"results in {trial_dir.resolve()}")
+    return 0
+
+
+def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_cls) -> None:
+    """Run ``mode`` of a constructed system (Lightning for trainable stages)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from threestudio.utils.errors import UserError
+
     if not getattr(system_cls, "trainable", True):  # a stage without optimisation (refinement)
         if mode != "train":
             raise UserError(f"{cfg.system_type} has no checkpoints; rerun it with --train")
@@ -134,8 +160,7 @@ def run(args) -> int:
 
         use_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
         system.run_stage(torch.device("cuda" if use_cuda else "cpu"))
-        print(f"results in {trial_dir.resolve()}")
-        return 0
+        return
     dm = data_cls(cfg.data)
     t = cfg.trainer
     ckpt_cb = ModelCheckpoint(dirpath=str(trial_dir / "ckpts"), filename="step{step}", auto_insert_metric_name=False,
@@ -159,8 +184,6 @@ def run(args) -> int:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         system.load_state_dict(state["state_dict"])
         system.export()
-    print(f"results in {trial_dir.resolve()}")
-    return 0
 
 
 if __name__ == "__main__":

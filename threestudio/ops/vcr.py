@@ -71,11 +71,13 @@ def view_roles(n: int) -> list[ViewRole]:
 
 
 def tiers(n: int) -> list[list[int]]:
-    """Dependency order: [primaries (front, back, sides)], [keys], [in-between views]. Views of one
-    tier only read views of earlier tiers, so each tier can be denoised as one batch."""
+    """Dependency order: [primaries (front, back, sides)], [keys], [in-between views], without empty
+    tiers (an 8-view ring has no in-between views). Views of one tier only read views of earlier
+    tiers, so each tier can be denoised as one batch."""
     r = view_roles(n)
     prim = sorted((v.index for v in r if v.kind == "primary"), key=lambda i: (abs(r[i].azimuth - 90.0), i))
-    return [prim, [v.index for v in r if v.kind == "key"], [v.index for v in r if v.kind == "between"]]
+    levels = [prim, [v.index for v in r if v.kind == "key"], [v.index for v in r if v.kind == "between"]]
+    return [t for t in levels if t]
 
 
 def ddim_step(x_t: Tensor, eps: Tensor, alpha_t: float | Tensor, alpha_prev: float | Tensor) -> Tensor:

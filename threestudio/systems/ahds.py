@@ -19,8 +19,12 @@ from threestudio.utils.errors import MissingModelError
 
 @threestudio.register("gaussianip-ahds-system")
 class AHDSSystem(GaussianSystem):
+    stage_label = "stage 1 (AHDS)"
+    oom_advice = ("lower the Gaussian cap system.densify.max_points, or the views per step data.batch_size "
+                  "(the paper uses 4)")
+
     @dataclass
-    class Config:
+    class Config(GaussianSystem.Config):
         face_image: str = "???"
         """Portrait of the person (any format Pillow reads); the largest face is used."""
         body_type: str = "anny-body"
@@ -58,7 +62,7 @@ class AHDSSystem(GaussianSystem):
         from threestudio.models.geometry.strategy import DensifyPolicy
 
         parse_structured(DensifyPolicy, c.densify)
-        if mode != "train":
+        if mode not in ("train", "check"):
             return
         threestudio.find(c.prompt_processor_type)(c.prompt_processor)  # rejects an empty prompt
         load_image_rgb(c.face_image)
@@ -80,11 +84,13 @@ class AHDSSystem(GaussianSystem):
         self.strategy = DensifyStrategy(self.cfg.densify)
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         gcfg = dict(self.cfg.guidance)
         gcfg["n_steps"] = gcfg.get("n_steps") or self.max_steps
         self.guidance = threestudio.find(self.cfg.guidance_type)(gcfg)
         self.guidance.load(self.device)
         self.guidance.prepare_identity(self.cfg.face_image)
+        self.guidance.free_image_encoder()
         self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_processor.prepare(self.device)
         self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,27 +9,56 @@ import pytorch_lightning as pl
 import torch
 
 import threestudio
+from threestudio.models.appearance.specular import FILE_SUFFIX as SPECULAR_SUFFIX
 from threestudio.utils.config import parse_structured
+from threestudio.utils.gpu import MemoryBudget
 from threestudio.utils.io import atomic_write_text, save_image, save_video
 
 
 class BaseSystem(pl.LightningModule):
-    """A stage of the pipeline. Subclasses define ``Config``, :meth:`preflight` (fast checks run by
-    launch.py before the trial directory is created) and the Lightning hooks."""
+    """A stage of the pipeline. Subclasses define ``Config`` (derived from ``BaseSystem.Config``),
+    :meth:`preflight` (fast checks run by launch.py before the trial directory is created) and the
+    Lightning hooks, and name themselves and their memory knobs in ``stage_label`` / ``oom_advice``
+    (used by launch.py's out-of-memory message)."""
+
+    stage_label = "this stage"
+    oom_advice = "lower system.max_gpu_memory_gb's consumers"
 
     @dataclass
     class Config:
-        pass
+        max_gpu_memory_gb: float = 0.0
+        """GPU memory budget of the stage in GiB (0 = what the device has free when the stage starts).
+        The CUDA allocator is capped at it and batch sizes that trade memory for speed follow it."""
 
     def __init__(self, cfg: dict, trial_dir: str):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self.trial_dir = Path(trial_dir)
         self.automatic_optimization = False
+        self.budget: MemoryBudget | None = None
+        """Set by :meth:`apply_budget` once the device is known."""
+
+    def apply_budget(self, device) -> MemoryBudget:
+        """Resolve ``max_gpu_memory_gb`` on ``device`` and cap the CUDA allocator at it."""
+        self.budget = MemoryBudget(device, self.cfg.max_gpu_memory_gb)
+        self.budget.apply()
+        if self.budget.limited:
+            msg = f"GPU memory budget: {self.budget.gib:.1f} GiB"
+            self.print(msg) if self._trainer is not None else print(msg)
+        return self.budget
+
+    def memory_record(self) -> dict:
+        """Manifest entries on GPU memory: the budget and the allocator's peak (GiB); empty on CPU."""
+        b = self.budget
+        if b is None or not b.limited:
+            return {}
+        return {"gpu_budget_gib": round(b.gib, 2), "gpu_peak_reserved_gib": round(b.peak_reserved_gib(), 2)}
 
     @classmethod
     def preflight(cls, cfg: dict, mode: str) -> None:
-        """Validate the config and inputs; raise ``UserError`` with one clear message."""
+        """Validate the config and inputs; raise ``UserError`` with one clear message. ``mode`` is the
+        launch mode (``train``, ``validate``, ``test``, ``export``) or ``check``: everything that does
+        not need an earlier stage's outputs (configs, model files)."""
         parse_structured(cls.Config, cfg)
 
     def save_path(self, *parts: str) -> Path:
@@ -53,17 +81,18 @@ class BaseSystem(pl.LightningModule):
         """Optimiser steps taken so far (= the index of the current training step)."""
         return int(self.global_step)
 
-    def configure_threads(self) -> None:
-        if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
-
 
 def load_avatar(path, geometry_type: str, geometry_cfg: dict, appearance_type: str = "", appearance_cfg: dict | None = None):
     """Gaussians (and their specular appearance, if any) from an avatar PLY of an earlier stage.
 
     The SH degree and the specular feature size are read from the file; the appearance network is
-    ``<avatar>.specular.pt`` beside it. If ``appearance_type`` asks for specular but the avatar is
-    diffuse-only, fresh features and a fresh network are created (specular added in a later stage).
+    ``<avatar>.specular.safetensors`` beside it (safetensors: loading runs no code). If
+    ``appearance_type`` asks for specular but the avatar is diffuse-only, fresh features and a fresh
+    network are created (specular added in a later stage). A ``<avatar>.specular.pt`` of an earlier
+    version (normal-aligned lobes, pickle format) is never opened: the avatar loads diffuse-only.
+
+    Raises:
+        UserError: the PLY or the network file is not what it should be.
 
     Returns:
         ``(model, appearance or None)``.
@@ -75,10 +104,13 @@ def load_avatar(path, geometry_type: str, geometry_cfg: dict, appearance_type: s
 
     params, extra = read_gaussian_ply(path)  # read once
     d = len([k for k in extra if k.startswith("spec_")])
-    net = Path(path).with_suffix(".specular.pt")
+    net = Path(path).with_suffix(SPECULAR_SUFFIX)
     appearance = None
     if d > 0 and net.is_file():
         appearance = threestudio.find("asg-specular-appearance").load(net)
+    elif d > 0 and Path(path).with_suffix(".specular.pt").is_file() and not appearance_type:
+        print(f"note: {Path(path).with_suffix('.specular.pt')} is an earlier, degenerate specular model in pickle "
+              "format; it is not opened and the avatar is shown diffuse-only (rerun stage 3 with --specular)")
     elif appearance_type:
         appearance = threestudio.find(appearance_type)(appearance_cfg or {})
         if d != appearance.cfg.feature_dim:  # specular added in a later stage: fresh features
@@ -124,6 +156,9 @@ class GaussianSystem(BaseSystem):
         if self.appearance is not None:
             colors = self.appearance.colors(self.geometry, cams.c2w.to(self.geometry.means))
         return self.renderer.render(self.geometry, cams, colors)
+
+    def on_fit_start(self) -> None:
+        self.apply_budget(self.device)
 
     def configure_optimizers(self):
         groups = self.geometry.param_groups()
@@ -196,7 +231,7 @@ class GaussianSystem(BaseSystem):
         """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
         self.geometry.save_ply(self.save_path("avatar.ply"))
         if self.appearance is not None:
-            self.appearance.save(self.save_path("avatar.specular.pt"))
+            self.appearance.save(self.save_path("avatar" + SPECULAR_SUFFIX))
         self.write_manifest(specular=self.appearance is not None, avatar="save/avatar.ply", body=self.body_type,
-                            num_gaussians=self.geometry.num_points, step=self.step)
+                            num_gaussians=self.geometry.num_points, step=self.step, **self.memory_record())
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from threestudio.ops.vcr import SDEDIT_GRID, attention, ddim_step, fused_attention, tiers, view_roles
+from threestudio.utils.gpu import BatchSizer, MemoryBudget
+from threestudio.utils.typing import Float, Tensor
 
 
 @dataclass
@@ -110,62 +112,97 @@ class VCRRefiner:
         guidance.set_ip_scale(ipa_scale, shortcut_scale)
 
     @torch.no_grad()
-    def encode(self, rgb):
-        x = (2 * rgb.permute(0, 3, 1, 2) - 1).to(self.g.dtype)
+    def encode(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
+        """VAE posterior mean of renders in [0, 1] (scaled latents)."""
+        x = (2 * rgb.permute(0, 3, 1, 2) - 1).to(self.g.device, self.g.dtype)
         return self.g.vae.encode(x).latent_dist.mode() * self.g.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode(self, z):
-        x = self.g.vae.decode(z / self.g.vae.config.scaling_factor).sample
-        return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    def decode(self, z: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B H W 3"]:
+        """Images in [0, 1]; a non-finite fp16 decode (VAE overflow) is redone in fp32."""
+        return self.g.decode_latents(z)
+
+    def _chunked(self, fn, n: int, sizer: BatchSizer) -> list:
+        """``fn(slice)`` over 0..n-1 in batches sized by ``sizer``."""
+        outs, s = [], 0
+        while s < n:
+            size = sizer.size(n - s)
+            with sizer.track(size):
+                outs.append(fn(slice(s, s + size)))
+            s += size
+        return outs
 
     @torch.no_grad()
-    def refine(self, rgb, pose, text_cond, text_uncond, chunk: int = 0, sequential: bool = False, encode_chunk: int = 8):
-        """Refine n ring views.
+    def refine(self, rgb: Float[Tensor, "n H W 3"], pose: Float[Tensor, "n H W 3"], text_cond: Tensor,
+               text_uncond: Tensor, chunk: int = 0, sequential: bool = False,
+               budget: MemoryBudget | None = None) -> Float[Tensor, "n H W 3"]:
+        """Refine n ring views (method §7.2-7.4).
 
         Args:
-            rgb, pose: [n, H, W, 3] renders and OpenPose images in [0, 1], ring order (n % 8 == 0).
+            rgb, pose: [n, H, W, 3] renders and OpenPose images in [0, 1], ring order (n % 8 == 0);
+                any device (moved to the guidance device one batch at a time).
             text_cond, text_uncond: [n, 77, D] per-view prompt and negative-prompt embeddings.
-            chunk: max views per UNet batch inside a tier (0 = the whole tier).
+            chunk: views per UNet batch inside a tier; 0 = as many as ``budget`` allows (measured:
+                each tier's first batch is one view), or the whole tier without a limited budget.
             sequential: one view at a time in the reference order (for tests/benchmarks).
+            budget: GPU memory budget that sizes the batches (None or CPU: unlimited).
 
         Returns:
-            refined images [n, H, W, 3] in [0, 1] (float32, on the guidance device).
+            refined images [n, H, W, 3] in [0, 1] (float32, on the CPU).
         """
         g, dev = self.g, self.g.device
         n = rgb.shape[0]
         self.ctx.roles = view_roles(n)
         self.ctx.store.clear()
         ac = g.alphas_cumprod
-        z0 = torch.cat([self.encode(rgb[i:i + encode_chunk].to(dev)) for i in range(0, n, encode_chunk)])
+        fixed = 1 if sequential else chunk
+        z0 = torch.cat(self._chunked(lambda sl: self.encode(rgb[sl]), n, BatchSizer(budget, fixed)))
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn((1,) + z0.shape[1:], generator=gen).to(dev, z0.dtype)
-        t0 = self.grid[0]
-        out = torch.zeros(n, *rgb.shape[1:3], 3, device=dev)
-        pose_lat = F.interpolate(pose.permute(0, 3, 1, 2).float(), size=(z0.shape[-2] * g.vae_scale_factor,) * 2,
-                                 mode="bilinear", align_corners=False).to(dev, g.dtype)
-        br = g.branches
+        out = torch.zeros(n, *rgb.shape[1:3], 3)
+        levels = tiers(n)
+        anchors = len(levels[0]) + len(levels[1])
+        store_per_view, stored = 0, 0
         self.ctx.enabled = True
         try:
-            for tier in tiers(n):
-                size = 1 if sequential else (chunk or len(tier))
-                for s in range(0, len(tier), size):
-                    grp = tier[s:s + size]
-                    self.ctx.views = grp
-                    z = ac[t0].sqrt() * z0[grp] + (1 - ac[t0]).sqrt() * noise
-                    text = torch.cat([text_uncond[grp], text_cond[grp]]).to(dev, g.dtype)
-                    pz = torch.cat([pose_lat[grp]] * 2)
-                    for k, t in enumerate(self.grid):
-                        self.ctx.step = k
-                        tt = torch.full((2 * len(grp),), t, device=dev, dtype=torch.long)
-                        eps = g.predict_noise(torch.cat([z, z]), tt, text, [br["neg"], br["pos"]], pz).float()
-                        e_u, e_c = eps.chunk(2)
-                        e = e_u + self.guidance_scale * (e_c - e_u)
-                        a_prev = ac[self.grid[k + 1]] if k + 1 < len(self.grid) else ac[0]
-                        z = ddim_step(z.float(), e, ac[t], a_prev).to(g.dtype)
-                    out[grp] = self.decode(z)
+            for tier in levels:
+                sizer = BatchSizer(budget, fixed)  # each tier measures its own per-view cost
+                s = 0
+                while s < len(tier):
+                    between = self.ctx.roles[tier[s]].kind == "between"
+                    pending = 0 if between else (anchors - stored) * store_per_view
+                    grp = tier[s:s + sizer.size(len(tier) - s, reserve=pending)]
+                    before = budget.allocated() if budget is not None else 0
+                    with sizer.track(len(grp)):
+                        out[grp] = self._denoise(grp, z0, noise, pose, text_cond, text_uncond).cpu()
+                    if not between:
+                        stored += len(grp)
+                        if budget is not None and budget.limited:
+                            store_per_view = max(store_per_view, (budget.allocated() - before) // len(grp))
+                    s += len(grp)
         finally:
             self.ctx.enabled = False
             self.ctx.store.clear()
         return out
 
+    def _denoise(self, grp: list[int], z0, noise, pose, text_cond, text_uncond) -> Tensor:
+        """SDEdit of the views ``grp`` (one batch of one tier) from t = grid[0] to 0, then decode."""
+        g, dev, ac = self.g, self.g.device, self.g.alphas_cumprod
+        self.ctx.views = grp
+        t0 = self.grid[0]
+        z = ac[t0].sqrt() * z0[grp] + (1 - ac[t0]).sqrt() * noise
+        text = torch.cat([text_uncond[grp], text_cond[grp]]).to(dev, g.dtype)
+        size = (z0.shape[-2] * g.vae_scale_factor, z0.shape[-1] * g.vae_scale_factor)
+        p = F.interpolate(pose[grp].permute(0, 3, 1, 2).float().to(dev), size=size, mode="bilinear",
+                          align_corners=False).to(g.dtype)
+        pz = torch.cat([p, p])
+        br = g.branches
+        for k, t in enumerate(self.grid):
+            self.ctx.step = k
+            tt = torch.full((2 * len(grp),), t, device=dev, dtype=torch.long)
+            eps = g.predict_noise(torch.cat([z, z]), tt, text, [br["neg"], br["pos"]], pz).float()
+            e_u, e_c = eps.chunk(2)
+            e = e_u + self.guidance_scale * (e_c - e_u)
+            a_prev = ac[self.grid[k + 1]] if k + 1 < len(self.grid) else ac[0]
+            z = ddim_step(z.float(), e, ac[t], a_prev).to(g.dtype)
+        return self.decode(z)

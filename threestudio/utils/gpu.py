@@ -1,0 +1,159 @@
+"""GPU memory budget and precision rules shared by every stage (DESIGN.md §8).
+
+* :func:`resolve_dtype`: bf16 where ``torch.cuda.is_bf16_supported()``, else fp16 (V100, T4,
+  RTX 20xx), fp32 on the CPU.
+* :class:`MemoryBudget`: how many bytes a stage may use on its device (``system.max_gpu_memory_gb``,
+  default: what the device has free when the stage starts), enforced through
+  ``torch.cuda.set_per_process_memory_fraction`` and used to size batches (stage 2's VCR groups).
+* :func:`is_out_of_memory` / :func:`oom_message`: one clear message when a stage still runs out.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+GIB = 2**30
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_dtype(device: torch.device | str, requested: str = "auto") -> torch.dtype:
+    """Compute dtype of the frozen diffusion networks on ``device``.
+
+    Args:
+        device: where the networks run.
+        requested: ``auto`` (bf16 on CUDA cards that support it, fp16 on other CUDA cards, fp32 on
+            CPU) or one of ``bf16`` / ``fp16`` / ``fp32``.
+
+    Raises:
+        ValueError: ``requested`` is not one of those names.
+    """
+    if requested != "auto":
+        if requested not in DTYPES:
+            raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {requested!r}")
+        return DTYPES[requested]
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class MemoryBudget:
+    """Bytes a stage may hold on its device.
+
+    On CUDA the budget is ``max_gb`` GiB (capped at the card's size) or, with ``max_gb <= 0``, what
+    the device has free plus what this process already holds. :meth:`apply` makes the caching
+    allocator refuse allocations beyond it (a clean ``OutOfMemoryError`` instead of a slow
+    thrash). On the CPU there is no budget: :attr:`limited` is False and :meth:`fit` returns
+    ``most``.
+    """
+
+    def __init__(self, device: torch.device | str, max_gb: float = 0.0):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.max_gb = float(max_gb)
+        self.limited = self.device.type == "cuda"
+        self._peak = 0
+        if not self.limited:
+            self.total_bytes = 0
+            self.bytes = 0
+            return
+        free, total = torch.cuda.mem_get_info(self.device)
+        self.total_bytes = int(total)
+        own = int(torch.cuda.memory_reserved(self.device))
+        self.bytes = min(int(max_gb * GIB), total) if max_gb > 0 else min(free + own, total)
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+    def apply(self) -> None:
+        """Cap this process's CUDA caching allocator at the budget (no-op on the CPU)."""
+        if self.limited and self.total_bytes:
+            torch.cuda.set_per_process_memory_fraction(min(self.bytes / self.total_bytes, 1.0), self.device)
+
+    def note_peak(self) -> None:
+        """Remember the allocator's peak so far (before something resets the peak statistics)."""
+        if self.limited:
+            self._peak = max(self._peak, int(torch.cuda.max_memory_reserved(self.device)))
+
+    def peak_reserved_gib(self) -> float:
+        """Peak memory reserved by this process's CUDA allocator (GiB), also across peak resets."""
+        self.note_peak()
+        return self._peak / GIB
+
+    def allocated(self) -> int:
+        return int(torch.cuda.memory_allocated(self.device)) if self.limited else 0
+
+    def headroom(self) -> int:
+        """Bytes still allowed beyond what is allocated now (allocator fragmentation not counted)."""
+        return self.bytes - self.allocated() if self.limited else 0
+
+    def fit(self, per_item: int, most: int, reserve: int = 0, margin: float = 0.9) -> int:
+        """How many items of ``per_item`` bytes fit in the headroom after ``reserve`` bytes, keeping
+        ``1 - margin`` of it free for fragmentation; at least 1, at most ``most``."""
+        if not self.limited or per_item <= 0:
+            return most
+        return max(1, min(most, int((margin * self.headroom() - reserve) // per_item)))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (``torch.OutOfMemoryError`` or older RuntimeError text)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc)
+
+
+def oom_message(stage: str, advice: str, trial_dir: str | Path, budget_gb: float | None) -> str:
+    """The one message a stage that ran out of GPU memory prints: which stage, the budget, what to
+    lower, and the last checkpoint (nothing already written is removed)."""
+    ckpt = Path(trial_dir) / "ckpts" / "last.ckpt"
+    where = (f"the last checkpoint is {ckpt} (continue with: python launch.py --train --resume {trial_dir})"
+             if ckpt.is_file() else f"no checkpoint was written yet; what the stage wrote is kept in {trial_dir}")
+    budget = f" within its budget of {budget_gb:.1f} GiB" if budget_gb else ""
+    return f"{stage} ran out of GPU memory{budget}: {advice}; {where}"
+
+
+class BatchSizer:
+    """Sizes batches to a :class:`MemoryBudget` by measuring: the first batch is one item, its peak
+    allocation above what was allocated before it is the cost of one item, and later batches take
+    as many items as the headroom allows. ``fixed > 0`` forces that batch size; without a limited
+    budget (CPU) every batch takes all remaining items."""
+
+    def __init__(self, budget: MemoryBudget | None, fixed: int = 0):
+        self.budget, self.fixed = budget, int(fixed)
+        self.per_item = 0
+        """Measured peak bytes of one item (0 = not measured yet)."""
+
+    @property
+    def measuring(self) -> bool:
+        return self.budget is not None and self.budget.limited and not self.fixed
+
+    def size(self, remaining: int, reserve: int = 0) -> int:
+        """Items for the next batch (1..remaining), keeping ``reserve`` bytes for later allocations."""
+        if self.fixed:
+            return max(1, min(self.fixed, remaining))
+        if not self.measuring:
+            return remaining
+        if self.per_item == 0:
+            return 1
+        return self.budget.fit(self.per_item, remaining, reserve)
+
+    def track(self, n_items: int):
+        """Context manager around one batch of ``n_items`` that updates :attr:`per_item`."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def _track():
+            if not self.measuring:
+                yield
+                return
+            dev = self.budget.device
+            self.budget.note_peak()
+            before = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            yield
+            peak = torch.cuda.max_memory_allocated(dev) - before
+            self.per_item = max(self.per_item, -(-peak // max(n_items, 1)))
+            self.budget.note_peak()
+
+        return _track()
