@@ -26,3 +26,27 @@ def test_gsplat_agrees_with_torch_rasterizer():
     assert 10 * torch.log10(1 / mse) >= 40
     (og["comp_rgb"].sum()).backward()
     assert og["means2d"].grad is not None and og["means2d"].grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_guidance_step_on_cuda_in_both_precisions(tiny_dir, tmp_path, monkeypatch, dtype):
+    """The fp16 path (V100, T4, RTX 20xx) and the bf16 path run a finite, non-zero SDS step on CUDA."""
+    from tests.conftest import face
+    from tests.test_guidance import tiny_guidance_cfg
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+    from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
+
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype=dtype))
+    g.load("cuda")
+    assert g.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    g.prepare_identity(str(face("man.png")))
+    pp = ViewPromptProcessor({"prompt": "A man", "pretrained_model_name_or_path": str(tiny_dir / "rv")})
+    pp.prepare("cuda")
+    e = pp(torch.tensor([90.0, -90.0]), "body", torch.tensor([True, False]))
+    rgb = torch.rand(2, 64, 64, 3, device="cuda", requires_grad=True)
+    out = g(rgb, torch.rand(2, 32, 32, 3, device="cuda"), e["pos"].cuda(), e["neg"].cuda(), e["null"].cuda(), step=0)
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    img = g.decode_latents(torch.randn(1, 4, 16, 16, device="cuda"))
+    assert img.shape == (1, 32, 32, 3) and torch.isfinite(img).all()

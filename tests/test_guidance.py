@@ -6,10 +6,10 @@ from tests.conftest import face
 
 
 def tiny_guidance_cfg(t, **kw):
-    return dict(pretrained_model_name_or_path=str(t / "rv"), vae_name_or_path=str(t / "vae"),
-                controlnet_name_or_path=str(t / "controlnet"), ip_adapter_name_or_path=str(t / "ip-adapter"),
-                image_encoder_name_or_path=str(t / "image_encoder"), sds_resolution=32, n_steps=20,
-                face=dict(detector="haar", model_name="tiny_l", root=str(t / "insightface")), **kw)
+    return {**dict(pretrained_model_name_or_path=str(t / "rv"), vae_name_or_path=str(t / "vae"),
+                   controlnet_name_or_path=str(t / "controlnet"), ip_adapter_name_or_path=str(t / "ip-adapter"),
+                   image_encoder_name_or_path=str(t / "image_encoder"), sds_resolution=32, n_steps=20,
+                   face=dict(detector="haar", model_name="tiny_l", root=str(t / "insightface"))), **kw}
 
 
 def test_real_loading_code_on_tiny_models(tiny_dir, tmp_path, monkeypatch):

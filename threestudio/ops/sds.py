@@ -124,6 +124,24 @@ def clip_grad_per_pixel(g: Float[Tensor, "B C h w"], threshold: float = 1.0) -> 
     return g * (threshold / (n + 1e-8)).clamp_max(1.0)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.nan_to_num(g * ctx.scale, nan=0.0, posinf=0.0, neginf=0.0), None
+
+
+def scale_grad(x: Tensor, scale: float) -> Tensor:
+    """Identity in the forward pass; multiplies the incoming gradient by ``scale`` (non-finite values
+    zeroed) in the backward pass. A pair ``scale_grad(·, 1/s)`` … ``scale_grad(·, s)`` around an fp16
+    sub-network keeps its backward pass away from fp16 underflow (static loss scaling)."""
+    return _ScaleGrad.apply(x, float(scale))
+
+
 def sds_loss(latents: Float[Tensor, "B C h w"], grad: Float[Tensor, "B C h w"]) -> Tensor:
     """``0.5 Σ (z − sg(z − g))² / B``: its gradient w.r.t. ``latents`` is exactly ``grad / B``."""
     grad = torch.nan_to_num(grad.float())

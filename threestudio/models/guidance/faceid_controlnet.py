@@ -18,9 +18,10 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.models.face.identity import FaceIdentity
 from threestudio.models.guidance.hub import download_hint, is_available
-from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, sds_loss
+from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
+from threestudio.utils.gpu import resolve_dtype
 from threestudio.utils.typing import Float, Tensor
 
 
@@ -50,7 +51,11 @@ class FaceIDControlNetGuidance(BaseObject):
         local_files_only: bool = True
         """Never download at run time (set false to let diffusers fetch missing weights)."""
         dtype: str = "auto"
-        """``auto`` = bf16 on CUDA, fp32 on CPU; or ``bf16`` / ``fp16`` / ``fp32``."""
+        """``auto`` = bf16 on CUDA cards that support it (``torch.cuda.is_bf16_supported()``), fp16 on
+        other CUDA cards (V100, T4, RTX 20xx), fp32 on CPU; or ``bf16`` / ``fp16`` / ``fp32``."""
+        fp16_grad_scale: float = 1024.0
+        """fp16 only: the SDS gradient is multiplied by this while it flows back through the fp16 VAE
+        encoder and divided again at the fp32 renders, so that it does not underflow (|dL/dz| <= 0.25/B)."""
         guidance_scale: float = 7.5
         ipa_scale: float = 0.5
         """IP-Adapter attention scale (method §5.2, stage 1)."""
@@ -58,13 +63,17 @@ class FaceIDControlNetGuidance(BaseObject):
         """FaceID-Plus-v2 shortcut scale s (tokens = x + s·perceiver)."""
         controlnet_scale: float = 1.0
         anpg_t_threshold: int = 170
-        grad_clip_threshold: float = 1.0
-        """Per-latent-pixel L2 bound of the SDS gradient; <= 0 disables."""
+        grad_clip_threshold: float = 0.25
+        """Per-latent-pixel L2 bound (over the 4 channels) of the SDS gradient; <= 0 disables. The
+        reference clipped each latent *row* (64 values along the width, method §6.1 step 6) to 1.0; the
+        same budget per latent value, 1.0 · sqrt(4 / 64) = 0.25 per 4-channel pixel, bounds the whole
+        [4, 64, 64] gradient by the same L2 norm (16) as the reference's 4 x 64 rows of norm 1."""
         sds_resolution: int = 512
         """Renders are resized to this before VAE encoding (method §6.1 step 1)."""
         max_t: int = 800
         n_steps: int = 0
-        """Steps the AHDS schedule spans; 0 = trainer.max_steps (set by the system)."""
+        """Steps the AHDS schedule spans (>= 1). ``AHDSSystem`` sets it to ``trainer.max_steps`` when 0;
+        code that calls the guidance itself must set it (0 raises instead of a 1-step schedule)."""
 
     # ------------------------------------------------------------------ availability
     def required_models(self) -> list[tuple[str, str, str, str]]:
@@ -110,10 +119,7 @@ class FaceIDControlNetGuidance(BaseObject):
 
         c = self.cfg
         self.device = torch.device(device)
-        if c.dtype == "auto":
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[c.dtype]
+        self.dtype = resolve_dtype(self.device, c.dtype)
         kw = {"local_files_only": c.local_files_only}
         unet = UNet2DConditionModel.from_pretrained(c.pretrained_model_name_or_path, subfolder="unet", **kw)
         vae = AutoencoderKL.from_pretrained(c.vae_name_or_path, **kw)
@@ -138,6 +144,13 @@ class FaceIDControlNetGuidance(BaseObject):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.loaded = True
+
+    def free_image_encoder(self) -> None:
+        """Drop the CLIP ViT-H image encoder (about 1.3 GB in bf16) once the identity branches are
+        built: nothing after :meth:`prepare_identity` needs it."""
+        self.image_encoder = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def set_ip_scale(self, scale: float, shortcut_scale: float) -> None:
         """IP-Adapter attention scale and FaceID-Plus-v2 shortcut scale (stage 2 uses 0.6 / 0.5)."""
@@ -197,11 +210,32 @@ class FaceIDControlNetGuidance(BaseObject):
                          down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
 
     def encode_images(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
-        """Resize to ``sds_resolution`` and VAE-encode (posterior sample, gradient flows)."""
+        """Resize to ``sds_resolution`` and VAE-encode (posterior sample, gradient flows).
+
+        In fp16 the gradient that flows back through the encoder is scaled by ``fp16_grad_scale``
+        (and unscaled at the fp32 input, non-finite values zeroed) so that it does not underflow.
+        """
         x = F.interpolate(rgb.permute(0, 3, 1, 2), size=(self.cfg.sds_resolution,) * 2, mode="bilinear",
                           align_corners=False)
-        z = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist.sample()
-        return z * self.vae.config.scaling_factor
+        s = self.cfg.fp16_grad_scale if self.dtype == torch.float16 else 1.0
+        if s != 1.0:
+            x = scale_grad(x, 1.0 / s)
+        z = self.vae.encode((2 * x - 1).to(self.dtype)).latent_dist.sample() * self.vae.config.scaling_factor
+        return scale_grad(z.float(), s) if s != 1.0 else z
+
+    @torch.no_grad()
+    def decode_latents(self, z: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B H W 3"]:
+        """VAE decode to images in [0, 1] (channels-last, float32). An fp16 decode that overflows
+        (non-finite pixels) is redone in fp32."""
+        sf = self.vae.config.scaling_factor
+        x = self.vae.decode(z.to(self.dtype) / sf).sample
+        if self.dtype == torch.float16 and not torch.isfinite(x).all():
+            self.vae.to(torch.float32)
+            try:
+                x = self.vae.decode(z.float() / sf).sample
+            finally:
+                self.vae.to(self.dtype)
+        return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
     def __call__(self, rgb: Float[Tensor, "B H W 3"], pose: Float[Tensor, "B Hp Wp 3"], text_pos: Tensor,
                  text_neg: Tensor, text_null: Tensor, step: int) -> dict:
@@ -210,13 +244,17 @@ class FaceIDControlNetGuidance(BaseObject):
         Returns ``loss_sds`` (its gradient w.r.t. the latents is g/B), ``grad_norm`` and ``t``.
         """
         B = rgb.shape[0]
+        if self.cfg.n_steps < 1:
+            raise ValueError("faceid-controlnet-guidance: n_steps is 0; set guidance.n_steps to the number of "
+                             "training steps the AHDS schedule spans (AHDSSystem sets it to trainer.max_steps)")
         if not hasattr(self, "schedule") or self.schedule.n_steps != self.cfg.n_steps:
-            self.schedule = AHDSSchedule(max(self.cfg.n_steps, 1), self.cfg.max_t)
+            self.schedule = AHDSSchedule(self.cfg.n_steps, self.cfg.max_t)
         latents = self.encode_images(rgb)
         t = self.schedule.sample(step, B).to(self.device)
         with torch.no_grad():
-            noise = torch.randn_like(latents)
-            z_t = self.scheduler.add_noise(latents.detach(), noise, t)
+            z0 = latents.detach().to(self.dtype)  # fp16 path: the latents leave encode_images in fp32
+            noise = torch.randn_like(z0)
+            z_t = self.scheduler.add_noise(z0, noise, t)
             size = latents.shape[-1] * self.vae_scale_factor
             pose_in = F.interpolate(pose.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
                                     align_corners=False).to(self.dtype)
