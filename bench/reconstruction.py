@@ -26,7 +26,7 @@ def score(system, gt, renderer, res: int, gt_appearance=None) -> dict:
 
     from threestudio.data.human_cameras import ring_cameras
     from threestudio.ops.losses import psnr
-    from threestudio.systems.refine import alpha_bbox
+    from threestudio.ops.losses import alpha_bbox
 
     out = {}
     for name, el, start in (("ring17_heldout_azimuths", 17.0, -180.0 + 360.0 / 64), ("ring0", 0.0, -180.0 + 5.0),
@@ -56,7 +56,7 @@ def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -
 
     ren = "gsplat-renderer" if device.type == "cuda" else "torch-splat-renderer"
     sysm = ReconstructSystem({"init_from": str(s2), "renderer_type": ren, "lambda_lpips": 0.0,
-                              "loss_size": 415 if fixed_crop else 0, "appearance_type": appearance_type},
+                              "loss_scale": 0.5, "appearance_type": appearance_type},
                              "/tmp/bench_s3").to(device)
     cams, imgs, boxes = load_refined_views(str(s2))
     if fixed_crop:  # the reference: rows 60:890, cols 220:800 of a 1024² view, then x0.5 (method §8)

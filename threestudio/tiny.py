@@ -8,7 +8,9 @@ Written (default ``$GIP_TINY_DIR`` or ``<repo>/.tiny``):
   embedding x2 to match), ``image_encoder/`` (CLIPVisionModelWithProjection, 224², 257 tokens);
 * ``ip-adapter/ip-adapter-faceid-plusv2_sd15.bin``: the FaceID-Plus-v2 checkpoint key structure
   (``image_proj``: ProjPlusModel with a depth-4 perceiver; ``ip_adapter``: LoRA + to_k_ip/to_v_ip);
-* ``insightface/models/tiny_l/w600k_r50.onnx``: an ArcFace-shaped ONNX (1x3x112x112 -> 1x512, IR 8).
+* ``insightface/models/tiny_l/w600k_r50.onnx``: an ArcFace-shaped ONNX (1x3x112x112 -> 1x512, IR 8);
+* ``vgg16/vgg16-397923af.pth``: random VGG-16 feature weights in torchvision's state-dict format (the
+  real shapes, so the LPIPS heads of the ``lpips`` package load on it; fp16 to halve its size).
 Cross-attention dim 64 (FaceID-Plus needs a multiple of 64).
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from threestudio.utils.config import tiny_root
 
-TINY_VERSION = 1
+TINY_VERSION = 2
 CROSS_DIM = 64
 LORA_RANK = 4
 
@@ -97,6 +99,20 @@ def faceid_plus_v2_state_dict(unet, clip_hidden: int, id_dim: int = 512, embed_d
             ipa[f"{key_id}.to_k_ip.weight"] = r(hidden, kv_in)
             ipa[f"{key_id}.to_v_ip.weight"] = r(hidden, kv_in)
     return {"image_proj": proj, "ip_adapter": ipa}
+
+
+def write_vgg16(path: Path) -> None:
+    """Random VGG-16 ``features.*`` weights with torchvision's keys and shapes (He-initialised)."""
+    from threestudio.models.perceptual.lpips_vgg import vgg16_features
+
+    torch.manual_seed(0)
+    feats = vgg16_features()
+    for m in feats:
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.zeros_(m.bias)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"features.{k}": v.half() for k, v in feats.state_dict().items()}, path)
 
 
 def write_arcface_onnx(path: Path) -> None:
@@ -177,6 +193,7 @@ def build(out: Path, size: str = "tiny") -> Path:
     (tmp / "ip-adapter").mkdir(parents=True, exist_ok=True)
     torch.save(sd, tmp / "ip-adapter" / "ip-adapter-faceid-plusv2_sd15.bin")
     write_arcface_onnx(tmp / "insightface" / "models" / "tiny_l" / "w600k_r50.onnx")
+    write_vgg16(tmp / "vgg16" / "vgg16-397923af.pth")
     (tmp / "VERSION").write_text(str(TINY_VERSION) if size == "tiny" else f"{TINY_VERSION}-{size}")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

@@ -6,16 +6,45 @@ import torch
 from threestudio.utils.typing import Float, Tensor
 
 
-def crop_boxes(img: Float[Tensor, "B H W C"], boxes, size: int | None = None) -> Float[Tensor, "B C h w"]:
-    """Crop each image to its [x0, y0, x1, y1) box and resize all crops to a common square ``size``
-    (default: the largest box side), channels-first for the SSIM/LPIPS networks."""
+def alpha_bbox(alpha: Float[Tensor, "H W 1"], margin: float = 0.05, thr: float = 0.02) -> list[int]:
+    """Pixel box ``[x0, y0, x1, y1)`` around ``alpha > thr``, grown by ``margin`` of the image size on
+    each side and clipped to the image; the whole image when nothing is above ``thr``."""
+    H, W = alpha.shape[:2]
+    ys, xs = torch.nonzero(alpha[..., 0] > thr, as_tuple=True)
+    if ys.numel() == 0:
+        return [0, 0, W, H]
+    mx, my = int(margin * W), int(margin * H)
+    return [max(int(xs.min()) - mx, 0), max(int(ys.min()) - my, 0), min(int(xs.max()) + 1 + mx, W),
+            min(int(ys.max()) + 1 + my, H)]
+
+
+def common_size_boxes(boxes: list[list[int]], width: int, height: int) -> list[list[int]]:
+    """Grow every ``[x0, y0, x1, y1)`` box to the largest box width and height of the list, about its
+    centre and shifted to stay inside the ``width`` x ``height`` image, so that all crops have one size
+    without resampling any of them (no aspect-ratio distortion; method §12.19)."""
+    bw = max(b[2] - b[0] for b in boxes)
+    bh = max(b[3] - b[1] for b in boxes)
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        nx = min(max(int(round((x0 + x1 - bw) / 2)), 0), width - bw)
+        ny = min(max(int(round((y0 + y1 - bh) / 2)), 0), height - bh)
+        out.append([nx, ny, nx + bw, ny + bh])
+    return out
+
+
+def crop_boxes(img: Float[Tensor, "B H W C"], boxes, scale: float = 1.0) -> Float[Tensor, "B C h w"]:
+    """Crop each image to its box (grown to a common size by :func:`common_size_boxes`, so aspect
+    ratios are kept) and resample all crops by the same ``scale`` (the reference computed its losses at
+    half resolution: method §8), channels-first for the SSIM/LPIPS networks."""
     import torch.nn.functional as F
 
-    boxes = [[int(v) for v in b] for b in boxes]
-    size = size or max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)
-    out = [F.interpolate(img[i:i + 1, b[1]:b[3], b[0]:b[2]].permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
-                         align_corners=False) for i, b in enumerate(boxes)]
-    return torch.cat(out)
+    B, H, W = img.shape[:3]
+    boxes = common_size_boxes([[int(v) for v in b] for b in boxes], W, H)
+    crops = torch.stack([img[i, b[1]:b[3], b[0]:b[2]] for i, b in enumerate(boxes)]).permute(0, 3, 1, 2)
+    if scale == 1.0:
+        return crops
+    size = (max(1, round(crops.shape[2] * scale)), max(1, round(crops.shape[3] * scale)))
+    return F.interpolate(crops, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
 
 
 def ssim_loss(x: Float[Tensor, "B C h w"], y: Float[Tensor, "B C h w"]) -> Tensor:

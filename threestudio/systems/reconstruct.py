@@ -1,23 +1,31 @@
 """Stage 3 of GaussianIP: reconstruction (method §8). Re-fits every Gaussian attribute of the
-stage-1 avatar to the refined views of stage 2: ``λ_l1 L1 + λ_ssim (1 - SSIM) + λ_lpips LPIPS``
+stage-1 avatar to the refined views of stage 2: ``λ_l1 L1 + λ_ssim (1 - SSIM) + λ_lpips LPIPS-VGG``
 inside a loss box around the rendered body (from the stage-1 alpha, so hands are never clipped:
-method §12.19), with densify and prune-only events that fire."""
+method §12.19; boxes of one batch are grown to a common size, never resampled to a square, so the
+aspect ratio is kept), at ``loss_scale`` of the render resolution (the reference: 0.5), with
+densify and prune-only events that fire."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import threestudio
-from threestudio.models.geometry.strategy import DensifyStrategy
+from threestudio.models.geometry.strategy import DensifyPolicy, DensifyStrategy
+from threestudio.models.perceptual import lpips_vgg
 from threestudio.ops.losses import crop_boxes, psnr, ssim_loss
 from threestudio.systems.base import GaussianSystem
 from threestudio.systems.stages import read_stage
 from threestudio.utils.config import parse_structured
+from threestudio.utils.errors import ConfigError, MissingModelError
 
 
 @threestudio.register("gaussianip-reconstruct-system")
 class ReconstructSystem(GaussianSystem):
+    stage_label = "stage 3 (reconstruction)"
+    oom_advice = ("lower the views per step data.batch_views, the Gaussian cap system.densify.max_points, or the "
+                  "loss resolution system.loss_scale")
+
     @dataclass
-    class Config:
+    class Config(GaussianSystem.Config):
         init_from: str = "???"
         """Trial directory of a finished refine (stage 2) run."""
         renderer_type: str = "auto"
@@ -29,9 +37,12 @@ class ReconstructSystem(GaussianSystem):
         lambda_l1: float = 10.0
         lambda_ssim: float = 1.0
         lambda_lpips: float = 15.0
-        """Used only when the ``lpips`` package and its VGG weights are available (logged otherwise)."""
-        loss_size: int = 0
-        """Side of the square the loss boxes are resized to (0 = the largest box side)."""
+        """Weight of LPIPS-VGG (method §8). Its weights are required (a missing file stops the run
+        before it starts); 0 is the explicit way to run without it."""
+        lpips: dict = field(default_factory=dict)
+        """:class:`~threestudio.models.perceptual.lpips_vgg.LPIPSConfig` (``vgg_path``, ``heads_path``)."""
+        loss_scale: float = 0.5
+        """Resolution of the loss crops relative to the renders (method §8: half resolution)."""
         turntable_fps: int = 30
         appearance_type: str = ""
         """``asg-specular-appearance`` for SpecularIP's SCR (trains features and network); a specular
@@ -41,8 +52,15 @@ class ReconstructSystem(GaussianSystem):
     @classmethod
     def preflight(cls, cfg: dict, mode: str) -> None:
         c = parse_structured(cls.Config, cfg)
+        parse_structured(DensifyPolicy, c.densify)
+        if c.loss_scale <= 0:
+            raise ConfigError(f"system.loss_scale must be > 0, got {c.loss_scale}")
         if mode == "train":
             read_stage(c.init_from, "refine", ("cameras",))
+        if c.lambda_lpips > 0 and mode in ("train", "check"):
+            miss = lpips_vgg.missing(c.lpips)
+            if miss:
+                raise MissingModelError("missing pretrained models (nothing was started):\n  " + "\n  ".join(miss))
 
     def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 800):
         super().__init__(cfg, trial_dir)
@@ -53,23 +71,28 @@ class ReconstructSystem(GaussianSystem):
         self.geometry, self.appearance = load_avatar(self.stage2["avatar_in"], self.cfg.geometry_type, self.cfg.geometry,
                                                      self.cfg.appearance_type, self.cfg.appearance)
         self.strategy = DensifyStrategy(self.cfg.densify)
-        self.lpips = None
+        self._frozen: dict = {}
+        """Frozen helper networks (LPIPS), kept out of the module tree so that checkpoints hold none of them."""
+
+    @property
+    def lpips(self):
+        """The LPIPS-VGG network once loaded (``on_fit_start``), else None."""
+        return self._frozen.get("lpips")
 
     def on_fit_start(self) -> None:
-        self.lpips = _load_lpips(self.device) if self.cfg.lambda_lpips > 0 else None
-        if self.cfg.lambda_lpips > 0 and self.lpips is None:
-            self.print("LPIPS disabled: the `lpips` package or its VGG backbone weights are not available; "
-                       "stage 3 uses L1 + SSIM only")
+        super().on_fit_start()
+        if self.cfg.lambda_lpips > 0:
+            self._frozen["lpips"] = lpips_vgg.LPIPSVGG(self.cfg.lpips).to(self.device)
         self.write_manifest(stage="reconstruct", init_from=self.stage2["trial_dir"], prompt=self.stage2.get("prompt"),
                             face_image=self.stage2.get("face_image"), lpips=self.lpips is not None)
 
     def losses(self, batch) -> dict:
         out = self.render(batch.cams)
-        r = crop_boxes(out["comp_rgb"], batch.bbox.tolist(), self.cfg.loss_size or None)
-        t = crop_boxes(batch.images, batch.bbox.tolist(), self.cfg.loss_size or None)
+        r = crop_boxes(out["comp_rgb"], batch.bbox.tolist(), self.cfg.loss_scale)
+        t = crop_boxes(batch.images, batch.bbox.tolist(), self.cfg.loss_scale)
         losses = {"loss_l1": (r - t).abs().mean(), "loss_ssim": ssim_loss(r, t)}
         if self.lpips is not None:
-            losses["loss_lpips"] = self.lpips(r * 2 - 1, t * 2 - 1).mean()
+            losses["loss_lpips"] = self.lpips(r, t).mean()
         return {"out": out, "losses": losses, "psnr": psnr(r.detach(), t)}
 
     def train_step(self, batch, step: int, optimizer):
@@ -91,12 +114,3 @@ class ReconstructSystem(GaussianSystem):
                        "train/psnr": p, "train/points": float(self.geometry.num_points)}, on_step=True,
                       batch_size=len(batch))
         return loss.detach()
-
-
-def _load_lpips(device):
-    try:
-        import lpips  # noqa: F401
-
-        return lpips.LPIPS(net="vgg", verbose=False).to(device).eval().requires_grad_(False)
-    except Exception:  # noqa: BLE001 - missing package or weights: documented fallback
-        return None

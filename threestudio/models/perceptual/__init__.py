@@ -1,0 +1,1 @@
+"""Perceptual image distances (LPIPS-VGG of stage 3)."""
