@@ -40,3 +40,33 @@ def view_suffix(direction: str, mode: str, all_visible: bool) -> str:
     if mode == "back":
         return f", close-up photo of the head and shoulders, {direction} view"
     return (", full body photo" if all_visible else "") + f", {direction} view"
+
+
+def refine_suffix(kind: str, azimuth_deg: float) -> str:
+    """Stage-2 (VCR) prompt suffix of a ring view (method §7.3), in the unmirrored frame.
+
+    The front view (+90°) and every in-between view get the bare prompt, as in the reference; the
+    back view ", back view"; the two side views the side of the person the camera sees
+    (0°: ", right view", ±180°: ", left view"); the 45° key views their direction
+    (+45°: ", right front view", +135°: ", left front view", −135°: ", left back view",
+    −45°: ", right back view").
+
+    Args:
+        kind: the view's VCR role, ``primary`` / ``key`` / ``between`` (:func:`threestudio.ops.vcr.view_roles`).
+        azimuth_deg: the view's azimuth in degrees.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    a = -((-float(azimuth_deg) + 180.0) % 360.0 - 180.0)  # wrap to (-180, 180]
+    if kind == "between":
+        return ""
+    if kind == "key":
+        return f", {view_direction(a)} view"
+    if kind != "primary":
+        raise ValueError(f"unknown VCR view role {kind!r}")
+    if abs(a - 90.0) < 1e-6:
+        return ""
+    if abs(a + 90.0) < 1e-6:
+        return ", back view"
+    return ", right view" if abs(a) < 90.0 else ", left view"

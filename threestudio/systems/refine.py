@@ -12,6 +12,7 @@ import threestudio
 from threestudio.data.human_cameras import ring_cameras
 from threestudio.models.face.identity import load_image_rgb
 from threestudio.models.guidance.vcr import VCRRefiner
+from threestudio.ops.losses import alpha_bbox
 from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.vcr import view_roles
 from threestudio.systems.base import GaussianSystem
@@ -23,22 +24,15 @@ from threestudio.utils.io import atomic_write_text, save_image
 REFINE_NEGATIVE = "blurry face, bad face, poorly drawn face, duplicate face, extra fingers, blurry, fused fingers"
 
 
-def alpha_bbox(alpha: torch.Tensor, margin: float = 0.05, thr: float = 0.02) -> list[int]:
-    """Pixel box [x0, y0, x1, y1) around ``alpha > thr`` ([H, W, 1]), grown by ``margin`` of the size."""
-    H, W = alpha.shape[:2]
-    ys, xs = torch.nonzero(alpha[..., 0] > thr, as_tuple=True)
-    if ys.numel() == 0:
-        return [0, 0, W, H]
-    mx, my = int(margin * W), int(margin * H)
-    return [max(int(xs.min()) - mx, 0), max(int(ys.min()) - my, 0), min(int(xs.max()) + 1 + mx, W), min(int(ys.max()) + 1 + my, H)]
-
-
 @threestudio.register("gaussianip-refine-system")
 class RefineSystem(GaussianSystem):
     trainable = False
+    stage_label = "stage 2 (view-consistent refinement)"
+    oom_advice = ("lower system.max_gpu_memory_gb to what the card really has free (the views denoised per batch "
+                  "follow it), or cap the batch with system.tier_chunk=1, or lower system.resolution")
 
     @dataclass
-    class Config:
+    class Config(GaussianSystem.Config):
         init_from: str = "???"
         """Trial directory of a finished stage-1 (AHDS) run."""
         n_views: int = 32
@@ -57,7 +51,8 @@ class RefineSystem(GaussianSystem):
         lambda_fusion: float = 0.55
         """λ of distance-guided attention fusion (weight of a view's own attention)."""
         tier_chunk: int = 0
-        """Max views per UNet batch within a tier (0 = the whole tier in one batch)."""
+        """Views per UNet batch within a tier; 0 = as many as the memory budget allows (measured on the
+        first view of each tier), the whole tier on the CPU."""
         seed: int = 2024
         renderer_type: str = "auto"
         renderer: dict = field(default_factory=dict)
@@ -98,25 +93,26 @@ class RefineSystem(GaussianSystem):
         """Render the ring, refine it, save everything (the whole stage)."""
         c = self.cfg
         self.to(device)
+        budget = self.apply_budget(device)
         cams = ring_cameras(c.n_views, c.elevation_deg, c.camera_distance, c.fovy_deg, c.resolution).to(self.device)
-        with torch.no_grad():
-            renders = [self.render(cams[i]) for i in range(len(cams))]
+        with torch.no_grad():  # one view at a time, kept on the CPU: the ring never sits on the GPU at once
+            renders = [{k: self.render(cams[i])[k].cpu() for k in ("comp_rgb", "opacity")} for i in range(len(cams))]
         rgb = torch.cat([r["comp_rgb"] for r in renders])
         alpha = torch.cat([r["opacity"] for r in renders])
-        pose, all_vis = skeleton_images(self.template.keypoints.to(self.device), cams.w2c, cams.K, c.resolution,
-                                        c.resolution, head_closeup=False)
+        pose, _ = skeleton_images(self.template.keypoints, cams.w2c.cpu(), cams.K.cpu(), c.resolution, c.resolution,
+                                  head_closeup=False)
         gcfg = _inherit(c.guidance, self.stage1, "guidance")
         guidance = threestudio.find(c.guidance_type)(gcfg)
         guidance.load(self.device)
         guidance.prepare_identity(self.stage1["face_image"])
+        guidance.free_image_encoder()
         ppcfg = dict(_inherit(c.prompt_processor, self.stage1, "prompt_processor"))
         ppcfg.setdefault("negative_prompt", REFINE_NEGATIVE)
         ppcfg["prompt"] = self.stage1["prompt"]
         pp = threestudio.find(c.prompt_processor_type)(ppcfg)
-        pp.prepare(self.device)
-        text = pp(cams.azimuth, "body", all_vis)
+        text = pp.refine_prompts(view_roles(c.n_views), self.device)
         refiner = VCRRefiner(guidance, c.lambda_fusion, c.guidance_scale, c.ipa_scale, c.ipa_shortcut_scale, seed=c.seed)
-        refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk)
+        refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget)
         views = []
         for i in range(c.n_views):
             save_image(self.save_path("views", f"render_{i:03d}.png"), rgb[i])
@@ -125,11 +121,11 @@ class RefineSystem(GaussianSystem):
             views.append({"index": i, "refined": f"save/views/refined_{i:03d}.png", "azimuth": float(cams.azimuth[i]),
                           "elevation": float(cams.elevation[i]), "distance": float(cams.distance[i]),
                           "fovy_deg": c.fovy_deg, "height": c.resolution, "width": c.resolution,
-                          "c2w": cams.c2w[i].tolist(), "bbox": alpha_bbox(alpha[i].cpu()), "prompt": text["prompts"][i]})
+                          "c2w": cams.c2w[i].tolist(), "bbox": alpha_bbox(alpha[i]), "prompt": text["prompts"][i]})
         atomic_write_text(self.trial_dir / "save" / "views" / "cameras.json", json.dumps(views, indent=1))
         self.write_manifest(stage="refine", init_from=self.stage1["trial_dir"], avatar_in=f"{self.stage1['trial_dir']}/{self.stage1['avatar']}",
                             body=self.body_type, prompt=self.stage1["prompt"], face_image=self.stage1["face_image"],
-                            n_views=c.n_views, cameras="save/views/cameras.json")
+                            n_views=c.n_views, cameras="save/views/cameras.json", **self.memory_record())
 
 
 def _stage_config(stage: dict):

@@ -13,7 +13,7 @@ import torch
 
 import threestudio
 from threestudio.models.body.base import cache_root
-from threestudio.ops.prompts import DIRECTIONS, view_direction, view_suffix
+from threestudio.ops.prompts import DIRECTIONS, refine_suffix, view_direction, view_suffix
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path
@@ -53,9 +53,16 @@ class ViewPromptProcessor(BaseObject):
         return cache_root() / "text_embeddings" / f"{h}.pt"
 
     def prepare(self, device) -> None:
-        """Compute (or load) the embeddings of every prompt this run can need."""
+        """Compute (or load) the embeddings of every prompt stage 1 can need."""
+        self.ensure(self.all_prompts(), device)
+
+    def ensure(self, prompts: list[str], device) -> None:
+        """Make sure ``prompts`` have embeddings: from the disk cache, else with the CLIP text encoder
+        (loaded only when something is missing, then dropped)."""
         todo = []
-        for p in self.all_prompts():
+        for p in dict.fromkeys(prompts):
+            if p in self.embeddings:
+                continue
             f = self._cache_file(p)
             if self.cfg.use_cache and f.is_file():
                 self.embeddings[p] = torch.load(f, map_location="cpu", weights_only=True)
@@ -79,6 +86,17 @@ class ViewPromptProcessor(BaseObject):
                             with atomic_path(self._cache_file(p)) as tmp:
                                 torch.save(e.clone(), tmp)
             del enc
+
+    def refine_prompts(self, roles, device="cpu") -> dict:
+        """Stage-2 (VCR) text embeddings of a ring (method §7.3 table, see
+        :func:`~threestudio.ops.prompts.refine_suffix`): ``pos``, ``neg`` [n, 77, D] and ``prompts``.
+        Missing embeddings are computed on ``device``."""
+        p = self.cfg.prompt.strip()
+        prompts = [p + refine_suffix(r.kind, r.azimuth) for r in roles]
+        self.ensure(prompts + [self.cfg.negative_prompt], device)
+        pos = torch.stack([self.embeddings[q] for q in prompts])
+        return {"pos": pos, "neg": self.embeddings[self.cfg.negative_prompt].expand(len(prompts), -1, -1),
+                "prompts": prompts}
 
     def __call__(self, azimuth: torch.Tensor, mode: str, all_visible: torch.Tensor) -> dict:
         """Text embeddings for a batch of views.
