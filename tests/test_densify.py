@@ -49,7 +49,7 @@ def test_unscaled_threshold():
     """The threshold is compared against the mean true NDC gradient: just below does nothing."""
     m = random_model(10)
     opt = make_opt(m)
-    s = DensifyStrategy({"densify_steps": [1], "grad_threshold": 1.0, "densify_min_opacity": 0.0})
+    s = DensifyStrategy({"densify_steps": [1], "select": "gradient", "grad_threshold": 1.0, "densify_min_opacity": 0.0})
     g = torch.zeros(1, 10, 2)
     g[0, :, 0] = 0.99 / 32  # NDC gradient = pixel gradient * W/2 = 0.99
     s.accumulate(0, g, torch.ones(1, 10, dtype=torch.long), 64, 64)

@@ -35,6 +35,24 @@ def densify_masks(
     return hot & (max_scale <= scale_threshold), hot & (max_scale > scale_threshold)
 
 
+def cap_growth(
+    grad_mean: Float[Tensor, "N"], clone: Bool[Tensor, "N"], split: Bool[Tensor, "N"], budget: int, n_split: int = 2
+) -> tuple[Bool[Tensor, "N"], Bool[Tensor, "N"]]:
+    """Keep the clone/split candidates with the largest mean gradient such that the count grows by at
+    most ``budget`` (a clone adds 1 Gaussian, a split ``n_split - 1``); none when ``budget <= 0``."""
+    add = clone.long() + split.long() * (n_split - 1)
+    if int(add.sum()) <= budget:
+        return clone, split
+    if budget <= 0:
+        return torch.zeros_like(clone), torch.zeros_like(split)
+    cand = torch.nonzero(add > 0, as_tuple=True)[0]
+    order = cand[torch.argsort(grad_mean[cand], descending=True, stable=True)]
+    keep = order[torch.cumsum(add[order], 0) <= budget]
+    sel = torch.zeros_like(clone)
+    sel[keep] = True
+    return clone & sel, split & sel
+
+
 def split_children(
     params: dict[str, Tensor], mask: Bool[Tensor, "N"], n_children: int = 2
 ) -> dict[str, Tensor]:

@@ -1,8 +1,19 @@
 """Densify/prune strategy (gsplat style: a policy dataclass + the pure ops of ``ops/densify.py``).
 
-Fixes over the reference (method §2.4, §12.2, §12.4): statistics use the true, unscaled
-screen-space gradients; the configured opacity threshold is used as given; prune-only events fire
-on their schedule; optimiser moments are carried over for kept Gaussians and zero for new ones.
+Which Gaussians grow (``select``):
+
+* ``visible`` (default, the reference's *effective* behaviour, kept on purpose, method §2.4): every
+  Gaussian that was seen with a non-zero gradient since the last event is cloned (small) or split
+  (large). The reference compared its 2e-4 threshold with screen-space gradients still multiplied by
+  fp16's loss scale (>= 2^16), i.e. with ~3e-9 in true units, so in effect it densified nearly every
+  visible Gaussian at 500/1000/1500; GaussianIP's published avatars were made that way, and a
+  threshold on true gradients would need re-tuning with the real weights, which we cannot do here.
+* ``gradient``: 3DGS's rule (Kerbl et al. 2023, §5.2) on the true, unscaled gradients.
+
+Either way the count is capped at ``max_points`` (the candidates with the largest mean gradient win)
+and every event reports its counts. Other fixes (method §12.2, §12.4): the configured opacity
+thresholds are used as given; prune-only events fire on their schedule; optimiser moments are carried
+over for kept Gaussians and zero for new ones.
 """
 from __future__ import annotations
 
@@ -11,8 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from threestudio.models.geometry.gaussian_model import GaussianModel
-from threestudio.ops.densify import densify_masks, ndc_grad_norm, prune_mask, split_children
+from threestudio.ops.densify import cap_growth, densify_masks, ndc_grad_norm, prune_mask, split_children
 from threestudio.utils.config import parse_structured
+from threestudio.utils.errors import ConfigError
 
 
 @dataclass
@@ -23,8 +35,11 @@ class DensifyPolicy:
     """Steps of prune-only events (reference: 1800)."""
     stats_until: int = 1900
     """Accumulate gradient statistics up to this step."""
+    select: str = "visible"
+    """``visible``: densify every Gaussian seen with a non-zero gradient (the reference's effective
+    behaviour, see the module docstring); ``gradient``: only those above ``grad_threshold``."""
     grad_threshold: float = 2.0e-4
-    """Mean NDC gradient norm above which a Gaussian is densified."""
+    """Mean NDC gradient norm above which a Gaussian is densified (``select: gradient``)."""
     percent_dense: float = 0.01
     scene_extent: float = 4.0
     """Clone if max scale <= percent_dense * scene_extent, else split (0.04 world units)."""
@@ -35,8 +50,9 @@ class DensifyPolicy:
     """Prune-only: remove Gaussians whose largest scale exceeds this (world units); <=0 disables."""
     max_screen_size: float = 0.0
     """Also prune Gaussians whose 2-D radius exceeded this many pixels; 0 disables (reference)."""
-    max_points: int = 2_000_000
-    """Never densify beyond this many Gaussians."""
+    max_points: int = 1_000_000
+    """Cap on the Gaussian count: an event grows at most up to it, the candidates with the largest mean
+    gradient first. Sized so that every stage at paper settings stays within 24 GB (bench/full_pipeline.py)."""
 
 
 class DensifyStrategy:
@@ -44,6 +60,8 @@ class DensifyStrategy:
 
     def __init__(self, cfg: dict | None = None):
         self.cfg = parse_structured(DensifyPolicy, cfg)
+        if self.cfg.select not in ("visible", "gradient"):
+            raise ConfigError(f"densify.select must be 'visible' or 'gradient', got {self.cfg.select!r}")
         self.reset(0)
 
     def reset(self, n: int, device=None) -> None:
@@ -75,11 +93,10 @@ class DensifyStrategy:
             grad_mean[self.denom == 0] = 0
             params = {k: getattr(model, k).detach() for k in model.param_names}
             max_scale = torch.exp(params["log_scales"]).max(-1).values
-            clone, split = densify_masks(grad_mean, max_scale, c.grad_threshold, c.percent_dense * c.scene_extent)
-            budget = c.max_points - model.num_points
-            if budget <= 0:
-                clone[:] = False
-                split[:] = False
+            # visible: any non-zero gradient (the smallest positive float as threshold)
+            thr = c.grad_threshold if c.select == "gradient" else float(torch.finfo(torch.float32).tiny)
+            clone, split = densify_masks(grad_mean, max_scale, thr, c.percent_dense * c.scene_extent)
+            clone, split = cap_growth(grad_mean, clone, split, c.max_points - model.num_points, c.n_split)
             new = {k: torch.cat([params[k][clone], v]) for k, v in split_children(params, split, c.n_split).items()}
             keep = ~split
             _edit(model, optimizer, keep, new)
@@ -90,7 +107,7 @@ class DensifyStrategy:
                             None, radii, c.max_screen_size or None)
             _edit(model, optimizer, ~pm, None)
             info = {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(pm.sum()),
-                    "grown_to": n_after_grow, "points": model.num_points}
+                    "grown_to": n_after_grow, "points": model.num_points, "cap": c.max_points}
             self.reset(model.num_points, model.means.device)
         elif step in c.prune_steps:
             opac = torch.sigmoid(model.opacity_logit.detach())
