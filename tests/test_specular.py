@@ -33,6 +33,61 @@ def test_single_lobe_known_answer_anisotropic_and_view_dependent():
     assert float(asg(r1, x, y, z, lam, mu)) > float(asg(r2, x, y, z, lam, mu)) + 0.1
 
 
+def lobe_appearance(tilt_deg: float, sharp: float = 40.0) -> SpecularAppearance:
+    """One lobe, the same for every Gaussian (feature-independent): full amplitude, sharp and round,
+    its axis tilted by ``tilt_deg`` from the normal towards the first tangent."""
+    app = SpecularAppearance({"feature_dim": 4, "num_lobes": 1, "max_sharpness": 64.0})
+    t = math.radians(tilt_deg)
+    with torch.no_grad():
+        app.mlp[-1].weight.zero_()
+        b = app.mlp[-1].bias
+        b[:3] = 10.0  # amplitude ~ max
+        b[3:5] = math.log(sharp / (64.0 - sharp))  # sigmoid^-1(sharp / max)
+        b[5:8] = torch.tensor([math.sin(t), 0.0, math.cos(t)])
+        b[8] = 0.0
+    return app
+
+
+def highlight_x(app, cam_x: float, height: float = 1.0) -> float:
+    """x of the brightest point of a flat patch (z = 0, normal +z, tangent +x) seen from (cam_x, 0, height)."""
+    xs = torch.linspace(-2.0, 3.0, 1001)
+    means = torch.stack([xs, torch.zeros_like(xs), torch.zeros_like(xs)], -1)
+    quats = torch.tensor([1.0, 0, 0, 0]).repeat(len(xs), 1)
+    scales = torch.tensor([0.1, 0.1, 0.001]).repeat(len(xs), 1)  # shortest axis z: normal +z, t1 = +x
+    c2w = torch.eye(4)[None]
+    c2w[0, :3, 3] = torch.tensor([cam_x, 0.0, height])
+    with torch.no_grad():
+        s = app.specular(means, quats, scales, torch.zeros(len(xs), 4), c2w)[0, :, 0]
+    return float(xs[s.argmax()])
+
+
+def test_highlight_sits_at_the_mirror_point_and_moves_with_the_camera():
+    """A lobe tilted by θ from the normal peaks where the reflected view direction meets it: at
+    x = camera_x + h·tan θ on a flat patch at depth h (a normal-aligned lobe would peak right under
+    the camera, and SpecularIP's reflection-centred lobe would not depend on x at all)."""
+    app = lobe_appearance(30.0)
+    shift = math.tan(math.radians(30.0))
+    for cam_x in (0.0, 0.4):
+        assert highlight_x(app, cam_x) == pytest.approx(cam_x + shift, abs=0.02)
+    assert highlight_x(app, 0.4) - highlight_x(app, 0.0) == pytest.approx(0.4, abs=0.02)
+    assert highlight_x(lobe_appearance(0.0), 0.4) == pytest.approx(0.4, abs=0.02)  # untilted: under the camera
+
+
+def test_specular_amplitude_is_bounded():
+    app = SpecularAppearance({"feature_dim": 8, "num_lobes": 4, "max_amplitude": 0.6})
+    with torch.no_grad():
+        app.mlp[-1].bias.view(4, 9)[:, :3] = 30.0  # saturate every lobe
+    n = 500
+    g = torch.Generator().manual_seed(0)
+    quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    c2w = torch.eye(4).repeat(8, 1, 1)
+    c2w[:, :3, 3] = torch.randn(8, 3, generator=g) * 2
+    s = app.specular(torch.randn(n, 3, generator=g) * 0.3, quats, torch.rand(n, 3, generator=g) + 0.01,
+                     torch.randn(n, 8, generator=g) * 3, c2w)
+    assert float(s.min()) >= 0.0 and float(s.max()) <= 0.6 + 1e-5
+    assert float(s.max()) > 0.1  # and highlights do reach a visible strength
+
+
 def one_flat_gaussian(spec_dim=0):
     from threestudio.models.geometry.gaussian_model import GaussianModel
 
@@ -54,8 +109,8 @@ def test_rendered_colour_changes_with_camera_only_with_specular():
     ren = TorchSplatRenderer({})
     app = SpecularAppearance({"feature_dim": 8, "num_lobes": 2})
     with torch.no_grad():
-        app.mlp[-1].bias.view(2, 6)[:, :3] = 0.5  # visible highlights
-        app.mlp[-1].bias.view(2, 6)[:, 3:5] = -2.0  # broad lobes
+        app.mlp[-1].bias.view(2, 9)[:, :3] = 2.0  # visible highlights
+        app.mlp[-1].bias.view(2, 9)[:, 3:5] = -2.0  # broad lobes
     m = one_flat_gaussian(8)
     diffuse = ren.render(m, cams)["comp_rgb"][:, 16, 16].detach()
     spec = ren.render(m, cams, app.colors(m, cams.c2w))["comp_rgb"][:, 16, 16].detach()
@@ -70,7 +125,7 @@ def test_specular_save_load_round_trip(tmp_path):
     m = one_flat_gaussian(8)
     app = SpecularAppearance({"feature_dim": 8, "num_lobes": 2})
     m.save_ply(tmp_path / "avatar.ply")
-    app.save(tmp_path / "avatar.specular.pt")
+    app.save(tmp_path / "avatar.specular.safetensors")
     m2, app2 = load_avatar(tmp_path / "avatar.ply", "body-gaussian-geometry", {})
     assert app2 is not None and m2.cfg.spec_feature_dim == 8
     np.testing.assert_array_equal(m2.spec_features.detach(), m.spec_features.detach())
@@ -100,7 +155,7 @@ def test_run_sh_tiny_specular_and_animation(tiny_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for st in ("stage1", "stage3"):
         assert json.loads((run / st / "manifest.json").read_text())["specular"] is True
-        assert (run / st / "save" / "avatar.specular.pt").is_file()
+        assert (run / st / "save" / "avatar.specular.safetensors").is_file()
     if not motion.is_file():
         pytest.skip("shared motion not available")
     r2 = subprocess.run([sys.executable, str(REPO / "animation.py"), "--ply", str(run / "stage3/save/avatar.ply"), "--motion",

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from threestudio.data.human_cameras import ring_cameras
-from threestudio.models.body.template import BodyTemplate
+from threestudio.models.body.template import BodyTemplate, sample_surface
 from threestudio.models.geometry.gaussian_model import GaussianModel
 from threestudio.ops.gaussians import inverse_sigmoid, rgb_to_sh0
 from threestudio.utils.io import atomic_write_text, save_image
@@ -31,14 +31,51 @@ def procedural_colors(p: torch.Tensor) -> torch.Tensor:
     return c.clamp(0, 1)
 
 
-def textured_model(template: BodyTemplate, n: int, seed: int = 1) -> GaussianModel:
-    """Ground truth: n opaque, small Gaussians on the template with the procedural texture."""
+def textured_model(template: BodyTemplate, n: int, seed: int = 1, flat: bool = False) -> GaussianModel:
+    """Ground truth: n opaque, small Gaussians on the template with the procedural texture. ``flat``:
+    discs lying in the surface (their shortest axis = the face normal, 1/10 of the others), so that
+    shading models that need a normal (:class:`BlinnPhongHighlights`) have the true one."""
     m = GaussianModel({"num_points": n, "seed": seed}).init_from_template(template)
     with torch.no_grad():
         m.f_dc.copy_(rgb_to_sh0(procedural_colors(m.means)))
         m.opacity_logit.fill_(float(inverse_sigmoid(torch.tensor(0.95))))
         m.log_scales.add_(math.log(1.2))
+        if flat:
+            _, face_idx, _ = sample_surface(template, n, seed=seed)  # the samples of init_from_template
+            tri = template.vertices[template.faces[face_idx]]
+            nrm = torch.nn.functional.normalize(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), dim=-1)
+            m.quats.copy_(quat_from_z(nrm))
+            m.log_scales[:, 2] += math.log(0.1)
     return m
+
+
+def quat_from_z(n: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (w, x, y, z) [N, 4] rotating +z onto ±n [N, 3] (sign chosen so that n_z >= 0;
+    two-sided discs do not care)."""
+    n = torch.where(n[:, 2:3] < 0, -n, n)
+    q = torch.stack([1 + n[:, 2], -n[:, 1], n[:, 0], torch.zeros_like(n[:, 0])], -1)
+    return torch.nn.functional.normalize(q, dim=-1)
+
+
+class BlinnPhongHighlights:
+    """An independent view-dependent shading model for known-answer benchmarks: the model's SH colour
+    plus white Blinn–Phong highlights (:func:`~threestudio.ops.asg.blinn_phong`) from fixed directional
+    lights, using each Gaussian's normal (shortest axis, turned to the camera). ``colors(model, c2w)``
+    -> [B, N, 3], the interface of the specular appearance."""
+
+    def __init__(self, lights=((0.5, 1.0, 0.8), (-0.8, 0.6, 0.2), (0.0, -1.0, 0.5)), strength: float = 0.35,
+                 shininess: float = 40.0):
+        self.lights = torch.tensor(lights, dtype=torch.float32)
+        self.strength, self.shininess = strength, shininess
+
+    def colors(self, model: GaussianModel, c2w: torch.Tensor) -> torch.Tensor:
+        from threestudio.ops.asg import blinn_phong, camera_directions, facing_frames, normal_frames
+
+        n, t1, t2 = normal_frames(model.rotations, model.scales)
+        v = camera_directions(model.means, c2w)
+        n, _, _ = facing_frames(n, t1, t2, v)
+        spec = self.strength * blinn_phong(n, v, self.lights.to(v), self.shininess)
+        return model.colors[None] + spec[..., None]
 
 
 @torch.no_grad()
@@ -48,7 +85,7 @@ def write_known_answer_stages(out: str | Path, template: BodyTemplate, gt: Gauss
     """Write ``out/stage1`` (a plain, grey template initialisation as the stage-1 avatar) and
     ``out/stage2`` (ground-truth renders of the ring as "refined" views, with ``appearance``'s
     view-dependent colours when given). Returns ``out/stage2``."""
-    from threestudio.systems.refine import alpha_bbox
+    from threestudio.ops.losses import alpha_bbox
 
     out = Path(out)
     s1, s2 = out / "stage1", out / "stage2"

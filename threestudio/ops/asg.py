@@ -1,7 +1,14 @@
-"""Anisotropic spherical Gaussians (ASG, Xu et al. 2013, Eq. 4) as used for view-dependent specular
-colour by Spec-Gaussian (Yang et al. 2024) and SpecularIP (method §10), with the lobe frame anchored
-to each Gaussian's normal so that the response really depends on the view (the SpecularIP code built
-the frame around the reflection direction itself, making ``r·μ`` constant: method §10.2)."""
+"""Anisotropic spherical Gaussians (ASG, Xu et al. 2013, Eq. 4) for view-dependent specular colour, as
+in Spec-Gaussian (Yang et al. 2024, §3.2): each lobe has its *own* axis, predicted per Gaussian in the
+Gaussian's local frame, and is evaluated at the reflection of the view direction about the Gaussian's
+normal, so a highlight sits where the mirror direction meets the lobe axis and moves across a surface
+as the view moves.
+
+Two degenerate designs are avoided on purpose (method §10.2, DESIGN.md §6): SpecularIP built the lobe
+frame around the reflection direction itself (``r·μ = cos θ`` for every view), and a lobe whose axis is
+the normal, evaluated at the reflection about that same normal, only sees ``r·n = v·n``, so reflecting
+changes nothing. Also :func:`blinn_phong`, an independent shading model for known-answer benchmarks.
+"""
 from __future__ import annotations
 
 import torch
@@ -32,24 +39,51 @@ def normal_frames(quats: Float[Tensor, "N 4"], scales: Float[Tensor, "N 3"]) -> 
     return axes[..., 2], axes[..., 0], axes[..., 1]
 
 
-def lobe_frames(n: Tensor, t1: Tensor, t2: Tensor, view: Tensor, angle: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Lobe frames for each Gaussian, view and lobe.
-
-    Args:
-        n, t1, t2: [N, 3] normal frame; view: [B, N, 3] unit directions from the Gaussians to the camera;
-        angle: [N, L] rotation of each lobe's tangent axes about the normal (radians).
+def facing_frames(n: Tensor, t1: Tensor, t2: Tensor, view: Float[Tensor, "B N 3"]) -> tuple[Tensor, Tensor, Tensor]:
+    """The local frame turned to face each camera: where ``n·v < 0`` the frame is rotated by 180° about
+    ``t2`` (n → −n, t1 → −t1), so a two-sided Gaussian shows the same lobes from either side.
 
     Returns:
-        x, y, z [B, N, L, 3]: z = the normal flipped to face the camera, x/y the rotated tangents.
+        (n, t1, t2) [B, N, 3] each.
     """
-    flip = torch.where((n[None] * view).sum(-1, keepdim=True) < 0, -1.0, 1.0)  # B N 1
-    z = (n[None] * flip)[:, :, None, :]
-    c, s = torch.cos(angle)[..., None], torch.sin(angle)[..., None]  # N L 1
-    x = (c * t1[:, None] + s * t2[:, None])[None].expand(view.shape[0], -1, -1, -1)
-    y = torch.linalg.cross(z.expand_as(x), x, dim=-1)
-    return x, y, z.expand_as(x)
+    s = torch.where((n[None] * view).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+    return n[None] * s, t1[None] * s, t2[None].expand_as(view)
+
+
+def lobe_frames(n: Tensor, t1: Tensor, t2: Tensor, axis_local: Float[Tensor, "N L 3"],
+                twist: Float[Tensor, "N L"]) -> tuple[Tensor, Tensor, Tensor]:
+    """World lobe frames from lobe axes given in the local frame ``[t1, t2, n]``.
+
+    Args:
+        n, t1, t2: [B, N, 3] (camera-facing) local frames; axis_local: unit lobe axes in local
+            coordinates (x along t1, y along t2, z along n); twist: rotation of the lobe's tangent axes
+            about its axis (radians).
+
+    Returns:
+        x, y, z [B, N, L, 3]: z the lobe axis in the world, x/y its tangent axes (right-handed).
+    """
+    a = axis_local[None]
+    z = a[..., 0:1] * t1[:, :, None] + a[..., 1:2] * t2[:, :, None] + a[..., 2:3] * n[:, :, None]
+    x0 = t1[:, :, None].expand_as(z)
+    x0 = F.normalize(x0 - (x0 * z).sum(-1, keepdim=True) * z, dim=-1)  # t1 made orthogonal to the axis
+    y0 = torch.linalg.cross(z, x0, dim=-1)
+    c, s = torch.cos(twist)[None, ..., None], torch.sin(twist)[None, ..., None]
+    x = c * x0 + s * y0
+    return x, torch.linalg.cross(z, x, dim=-1), z
 
 
 def camera_directions(means: Float[Tensor, "N 3"], c2w: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B N 3"]:
     """Unit directions from each Gaussian to each camera centre."""
     return F.normalize(c2w[:, None, :3, 3] - means[None], dim=-1)
+
+
+def blinn_phong(n: Float[Tensor, "B N 3"], v: Float[Tensor, "B N 3"], lights: Float[Tensor, "K 3"],
+                shininess: float) -> Float[Tensor, "B N"]:
+    """Blinn–Phong specular term (Blinn 1977) summed over directional lights:
+    ``Σ_k [n·l_k > 0] max(n·h_k, 0)^p`` with ``h_k = normalize(l_k + v)``; unit normals ``n``, unit
+    directions to the camera ``v`` and to the lights ``lights`` (world frame)."""
+    l = F.normalize(lights, dim=-1)[None, None]  # 1 1 K 3
+    h = F.normalize(l + v[:, :, None], dim=-1)
+    nh = (n[:, :, None] * h).sum(-1).clamp_min(0)
+    lit = (n[:, :, None] * l).sum(-1) > 0
+    return (nh ** shininess * lit).sum(-1)
