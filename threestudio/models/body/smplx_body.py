@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import threestudio
@@ -40,6 +43,30 @@ def smplx_apose_body_pose() -> torch.Tensor:
     p[19] = torch.tensor([1.0, 0.0, 0.0])
     p[20] = torch.tensor([1.0, 0.0, 0.0])
     return p
+
+
+def pickle_free_npz(path: Path, out_dir: Path) -> Path:
+    """Copy of an SMPL-X ``.npz`` with only its plain arrays (read with ``allow_pickle=False``) in
+    ``out_dir``. The ``smplx`` package loads model files with ``allow_pickle=True``, which would run
+    any code pickled into a file someone sent; the official files' pickled entries (``joint2num``,
+    ``part2num``: name tables) are not used by the model and are dropped.
+
+    Raises:
+        UserError: the file is not a readable npz.
+    """
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError:  # an object array: pickled, never loaded
+                    continue
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read SMPL-X model file {path}: {e}") from None
+    out = out_dir / path.name
+    np.savez(out, **arrays)
+    return out
 
 
 @threestudio.register("smplx-body")
@@ -71,10 +98,11 @@ class SMPLXBody(BodyModel):
     def build(self) -> BodyTemplate:
         import smplx
 
-        f = self._model_file()
-        model = smplx.create(str(f), model_type="smplx", gender=self.cfg.gender, use_pca=False,
-                             flat_hand_mean=True, use_face_contour=False, num_betas=10,
-                             num_expression_coeffs=10, ext="npz").double()
+        with tempfile.TemporaryDirectory() as tmp:  # smplx's own loader unpickles: give it a clean copy
+            clean = pickle_free_npz(self._model_file(), Path(tmp))
+            model = smplx.create(str(clean), model_type="smplx", gender=self.cfg.gender, use_pca=False,
+                                 flat_hand_mean=True, use_face_contour=False, num_betas=10,
+                                 num_expression_coeffs=10, ext="npz").double()
         body_pose = smplx_apose_body_pose().reshape(1, -1)
         with torch.no_grad():
             out = model(body_pose=body_pose, return_full_pose=True)

@@ -10,12 +10,14 @@ body: method §12.3).
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from threestudio.utils.errors import UserError
 from threestudio.utils.typing import Float, Int, Tensor
 
 BODY_HEIGHT = 0.6 * 1.1**10
@@ -83,25 +85,37 @@ class BodyTemplate:
 
     @classmethod
     def load(cls, path: str | Path) -> "BodyTemplate":
-        """Read a template written by :meth:`save`.
+        """Read a template written by :meth:`save` (``allow_pickle=False``: a shared file never runs code).
 
         Raises:
-            ValueError: the file is not a body template of this format version.
+            UserError: missing or unreadable file, pickled objects inside, missing keys, or another
+                format version.
         """
-        with np.load(path, allow_pickle=False) as z:
-            if int(z.get("format_version", -1)) != FORMAT_VERSION:
-                raise ValueError(f"{path} is not a body template of format version {FORMAT_VERSION}")
-            kw = {}
-            for f in fields(cls):
-                a = z[f.name]
-                if f.name in ("joint_names",):
-                    kw[f.name] = [str(s) for s in a.tolist()]
-                elif f.name == "source":
-                    kw[f.name] = str(a)
-                elif a.dtype.kind in "iu":
-                    kw[f.name] = torch.from_numpy(a.astype(np.int64))
-                else:
-                    kw[f.name] = torch.from_numpy(a.astype(np.float32))
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"body template not found: {path}")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                version = int(z["format_version"]) if "format_version" in z.files else -1
+                if version != FORMAT_VERSION:
+                    raise UserError(f"{path} is not a body template of format version {FORMAT_VERSION} "
+                                    "(write one with: python -m threestudio.models.body.export anny OUT.npz)")
+                kw = {}
+                for f in fields(cls):
+                    a = z[f.name]
+                    if f.name in ("joint_names",):
+                        kw[f.name] = [str(s) for s in a.tolist()]
+                    elif f.name == "source":
+                        kw[f.name] = str(a)
+                    elif a.dtype.kind in "iu":
+                        kw[f.name] = torch.from_numpy(a.astype(np.int64))
+                    else:
+                        kw[f.name] = torch.from_numpy(a.astype(np.float32))
+        except UserError:
+            raise
+        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+            why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
+            raise UserError(f"cannot read body template {path}: {why}") from None
         return cls(**kw)
 
 
