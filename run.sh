@@ -10,13 +10,14 @@
 #                   DIR/stage2 (view-consistent refinement), DIR/stage3 (reconstruction)
 #   --from-stage N  restart from stage N, reusing the earlier stages in DIR (a rerun stage's old
 #                   folder is kept as stageN.prev-<time>)
-#   overrides       OmegaConf dotlist for every stage, e.g. system.guidance.dtype=fp16
+#   overrides       OmegaConf dotlist for every stage, e.g. system.max_gpu_memory_gb=22; prefix one
+#                   with s1: / s2: / s3: to give it to that stage only, e.g. s1:trainer.max_steps=1200
 #
 # Works from any directory. Environment: PYTHON (default python3).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python3}"
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
 tiny=0; from=1; run_dir=""; specular=0
 while [[ $# -gt 0 && "$1" == --* ]]; do
@@ -45,14 +46,22 @@ else
   [[ -n "$run_dir" ]] || die "--from-stage $from needs --run-dir (the folder of the earlier run)"
   [[ -d "$run_dir/stage$((from - 1))" ]] || die "$run_dir/stage$((from - 1)) not found: run the earlier stages first"
 fi
-mkdir -p "$run_dir"
-run_dir="$(cd "$run_dir" && pwd)"
-sfx=(); [[ $tiny == 1 ]] && { "$py" -m threestudio.tiny >/dev/null; sfx=(tiny); }
+# absolute path without creating it: launch.py makes DIR/stageN only once a stage's checks passed,
+# so a rejected input leaves no empty run folder behind
+run_dir="$("$py" -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$run_dir")"
+[[ $tiny == 1 ]] && "$py" -m threestudio.tiny >/dev/null
 cfgs() {  # the stage's config, its tiny preset, the specular preset (stages 1 and 3)
   local a=(--config "$here/configs/$1.yaml")
   [[ $tiny == 1 ]] && a+=(--config "$here/configs/tiny/$1.yaml")
   [[ $specular == 1 && $1 != refine ]] && a+=(--config "$here/configs/specular.yaml")
   printf '%s\n' "${a[@]}"
+}
+for o in "$@"; do [[ "$o" =~ ^s[0-9]+: && ! "$o" =~ ^s[123]: ]] && die "override $o: the stage prefix must be s1:, s2: or s3:"; done
+for_stage() {  # N overrides... -> the overrides for stage N (prefix s<N>: removed, other stages' dropped)
+  local n="$1" o; shift
+  for o in "$@"; do
+    if [[ "$o" =~ ^s[123]: ]]; then [[ "${o:1:1}" == "$n" ]] && printf '%s\n' "${o:3}"; else printf '%s\n' "$o"; fi
+  done
 }
 stage() {  # stage N config [args...]
   local n="$1" name="$2"; shift 2
@@ -60,13 +69,21 @@ stage() {  # stage N config [args...]
   echo "== stage $n/3: $name -> $run_dir/stage$n"
   "$py" "$here/launch.py" "${c[@]}" --train "trial_dir=$run_dir/stage$n" "$@"
 }
+if [[ $from -le 2 ]]; then  # stage 3's model files (LPIPS-VGG) are checked before hours of stages 1-2
+  mapfile -t c < <(cfgs reconstruct)
+  mapfile -t o3 < <(for_stage 3 "$@")
+  "$py" "$here/launch.py" "${c[@]}" --check "system.init_from=$run_dir/stage2" "${o3[@]}" >/dev/null
+fi
 if [[ $from -le 1 ]]; then
-  stage 1 ahds "system.prompt_processor.prompt=$prompt" "system.face_image=$face" "$@"
+  mapfile -t o < <(for_stage 1 "$@")
+  stage 1 ahds "system.prompt_processor.prompt=$prompt" "system.face_image=$face" "${o[@]}"
 fi
 if [[ $from -le 2 ]]; then
-  stage 2 refine "system.init_from=$run_dir/stage1" "$@"
+  mapfile -t o < <(for_stage 2 "$@")
+  stage 2 refine "system.init_from=$run_dir/stage1" "${o[@]}"
 fi
-stage 3 reconstruct "system.init_from=$run_dir/stage2" "$@"
+mapfile -t o < <(for_stage 3 "$@")
+stage 3 reconstruct "system.init_from=$run_dir/stage2" "${o[@]}"
 echo
 echo "stage 1 (AHDS):           $run_dir/stage1/save/avatar.ply, turntable.mp4"
 echo "stage 2 (refined views):  $run_dir/stage2/save/views/refined_*.png"

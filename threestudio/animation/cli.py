@@ -24,7 +24,8 @@ def parse_args(argv=None):
     ap.add_argument("--rotate", action="store_true", help="orbit the camera once while playing")
     ap.add_argument("--gui", action="store_true", help="start the web viewer (viser)")
     ap.add_argument("--port", type=int, default=8080, help="web viewer port (127.0.0.1)")
-    ap.add_argument("--out", default=None, help="output mp4 path")
+    ap.add_argument("--out", default=None,
+                    help="output mp4 path, or an existing folder (or one ending in /) for <folder>/anim_<motion>.mp4")
     ap.add_argument("--fps", type=float, default=30.0, help="output frame rate; the motion is resampled to it")
     ap.add_argument("--resolution", type=int, default=512, help="video size in pixels (square)")
     ap.add_argument("--template", default="auto",
@@ -70,6 +71,25 @@ def resolve_template(ply: Path, spec: str):
     return threestudio.find("anny-body")({}).template()
 
 
+def video_path(out: str | None, ply: Path, motion: Path) -> Path:
+    """Where ``--play`` writes: ``--out`` as given, ``<out>/anim_<motion>.mp4`` when ``--out`` is a
+    folder, else :func:`default_out`.
+
+    Raises:
+        UserError: ``--out`` is a file path that does not end in ``.mp4``.
+    """
+    from threestudio.utils.errors import UserError
+
+    if not out:
+        return default_out(ply, motion)
+    p = Path(out)
+    if p.is_dir() or out.endswith(("/", "\\")):
+        return p / f"anim_{motion.stem}.mp4"
+    if p.suffix.lower() != ".mp4":
+        raise UserError(f"--out {out}: give an .mp4 file or a folder (the video is an H.264 mp4)")
+    return p
+
+
 def default_out(ply: Path, motion: Path) -> Path:
     trial = ply.resolve().parent.parent
     if (trial / "manifest.json").is_file():
@@ -89,6 +109,7 @@ def run(a) -> int:
     if not (a.play or a.gui or a.export_ply):
         raise UserError("nothing to do: add --play (video), --gui (web viewer) and/or --export-ply DIR")
     ply, motion_path = Path(a.ply), Path(a.motion)
+    out = video_path(a.out, ply, motion_path) if a.play else None
     read_gaussian_ply(ply)  # validates before anything heavy
     motion = load_motion(motion_path, fps=a.fps)
     if a.max_frames:
@@ -99,7 +120,7 @@ def run(a) -> int:
     dev = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else (a.device if a.device != "auto" else "cpu"))
     from threestudio.systems.base import load_avatar
 
-    model, appearance = load_avatar(ply, "body-gaussian-geometry", {})  # + highlights if avatar.specular.pt exists
+    model, appearance = load_avatar(ply, "body-gaussian-geometry", {})  # + highlights if avatar.specular.safetensors exists
     model.to(dev)
     if appearance is not None:
         appearance.to(dev)
@@ -129,7 +150,6 @@ def run(a) -> int:
                 cam = cam.to(dev)
                 posed = animator.pose(G[i])
                 frames.append(renderer.render(posed, cam, animator.colors(posed, cam.c2w))["comp_rgb"][0].cpu())
-        out = Path(a.out) if a.out else default_out(ply, motion_path)
         save_video(out, frames, fps=int(round(a.fps)))
         print(f"wrote {out} ({T} frames at {a.fps:g} fps)")
     if a.gui:
