@@ -7,7 +7,7 @@
     python launch.py --train --resume outputs/gaussianip/<trial>        # continue a run
     python launch.py --test --resume outputs/gaussianip/<trial>         # turntable + avatar.ply again
     python launch.py --export --resume outputs/gaussianip/<trial>       # avatar.ply only
-    python launch.py --config configs/reconstruct.yaml --check system.init_from=-   # models present?
+    python launch.py --config configs/reconstruct.yaml --check system.init_from=later   # model files present?
 
 Every run writes a new trial directory <exp_root_dir>/<name>/<tag>@<timestamp>/ with
 configs/parsed.yaml, ckpts/last.ckpt, save/ (avatar.ply, turntable.mp4, validation renders) and
@@ -181,7 +181,7 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
     else:
         import torch
 
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         system.load_state_dict(state["state_dict"])
         system.export()
 

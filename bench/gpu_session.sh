@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPU checks and benchmarks of stage 1 in one go (a CUDA machine with torch; other packages from
+# All GPU checks and benchmarks in one go (a CUDA machine with torch; other packages from
 # requirements.txt + gsplat, or as wheels in .whl/). Results (JSON, logs) go to $OUT (default bench_out/).
 set -o pipefail
 OUT="${OUT:-bench_out}"; mkdir -p "$OUT"
@@ -19,3 +19,10 @@ python3 bench/stage1_step.py --models /tmp/sd15 --template .bench/anny_template.
 # stages 2 and 3
 python3 bench/reconstruction.py --template .bench/anny_template.npz --out $OUT/reconstruction.json 2>&1 | tail -60
 python3 bench/refine_views.py --models /tmp/sd15 --template .bench/anny_template.npz --out $OUT/refine.json 2>&1 | grep -v "Warning\|warn\|Loading weights\|should be kept\|LoRA keys\|image_encoder is not" | tail -30
+python3 bench/specular.py --template .bench/anny_template.npz --out $OUT/specular.json 2>&1 | tail -40
+# the whole pipeline (run.sh at paper settings, ~13 min each): under a 24 GB-card budget, then uncapped.
+# Needs a portrait in .bench/ (cp ../shared/data/faces/man.png .bench/) and OpenCV 4 (Haar cascades).
+for cap in 22 0; do
+  python3 bench/full_pipeline.py --gsplat-build --models /tmp/sd15 --tiny /tmp/tiny --template .bench/anny_template.npz \
+    --face "${FACE:-.bench/man.png}" --cap-gb $cap --out $OUT/full_pipeline_cap$cap.json 2>&1 | tail -60
+done

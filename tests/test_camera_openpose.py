@@ -117,3 +117,25 @@ def test_random_cameras_modes_and_windows():
             a = torch.sort(m.azimuth).values
             assert (a[1:] - a[:-1] > 0).all() and len(m) == 4  # stratified
     assert abs(math.degrees(float(modes[0].fovy[0]))) <= 70.0
+
+
+def test_stage2_prompt_table_method_7_3():
+    """Stage-2 prompts of the 32-view ring (method §7.3), in our unmirrored frame: azimuth 0 sees the
+    person's right side, ±180 their left side; front and in-between views get the bare prompt."""
+    from threestudio.ops.prompts import refine_suffix
+    from threestudio.ops.vcr import view_roles
+
+    roles = view_roles(32)
+    got = {r.azimuth: refine_suffix(r.kind, r.azimuth) for r in roles}
+    table = {90.0: "", -90.0: ", back view", 0.0: ", right view", -180.0: ", left view",
+             45.0: ", right front view", 135.0: ", left front view", -135.0: ", left back view",
+             -45.0: ", right back view"}
+    for az, suffix in table.items():
+        assert got[az] == suffix, (az, got[az])
+    between = [r for r in roles if r.kind == "between"]
+    assert len(between) == 24 and all(got[r.azimuth] == "" for r in between)
+    assert refine_suffix("primary", 180.0) == ", left view"  # +180 and -180 are the same view
+    import pytest
+
+    with pytest.raises(ValueError):
+        refine_suffix("other", 0.0)

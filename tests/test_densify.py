@@ -55,3 +55,28 @@ def test_unscaled_threshold():
     s.accumulate(0, g, torch.ones(1, 10, dtype=torch.long), 64, 64)
     info = s.step(1, m, opt)
     assert info["cloned"] + info["split"] == 0
+
+
+def test_visible_policy_densifies_every_seen_gaussian_and_caps_by_gradient():
+    """``select: visible`` (the reference's effective behaviour) grows every Gaussian that was seen with
+    a non-zero gradient, however small; never the unseen ones; ``max_points`` keeps the largest gradients."""
+    m = random_model(10)
+    opt = make_opt(m)
+    s = DensifyStrategy({"densify_steps": [1], "densify_min_opacity": 0.0, "grad_threshold": 1.0})
+    assert s.cfg.select == "visible"
+    g = torch.zeros(1, 10, 2)
+    g[0, :8, 0] = 1e-9 * torch.arange(1, 9)  # tiny true gradients (far below any 3DGS threshold)
+    radii = torch.ones(1, 10, dtype=torch.long)
+    radii[0, 9] = 0  # Gaussian 9 unseen
+    s.accumulate(0, g, radii, 64, 64)
+    info = s.step(1, m, opt)
+    assert info["cloned"] + info["split"] == 8 and info["points"] >= 10
+    m2 = random_model(10)
+    opt2 = make_opt(m2)
+    means_before = m2.means.detach().clone()
+    s2 = DensifyStrategy({"densify_steps": [1], "densify_min_opacity": 0.0, "max_points": 13,
+                          "percent_dense": 1e9})  # every candidate is a clone
+    s2.accumulate(0, g, radii, 64, 64)
+    info2 = s2.step(1, m2, opt2)
+    assert info2["cloned"] == 3 and info2["points"] == 13 and info2["cap"] == 13
+    torch.testing.assert_close(m2.means.detach()[10:], means_before[[5, 6, 7]])  # clones of the 3 largest gradients

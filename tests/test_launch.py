@@ -136,3 +136,19 @@ def test_run_sh_all_stages_and_restart(tiny_dir, tmp_path):
     r3 = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "  ", str(face())], cwd=tmp_path, env=env,
                         capture_output=True, text=True)
     assert r3.returncode == 2 and "prompt is empty" in r3.stderr
+    assert json.loads((run / "stage3" / "manifest.json").read_text())["lpips"] is True  # LPIPS on in the tiny preset
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["A man", "{face}", "system.geometry.num_pointz=3"], "num_pointz"),
+    (["A man", "{face}", "s4:trainer.max_steps=3"], "stage prefix"),
+    (["A man", "{face}", "s3:system.lpips.vgg_path=/nonexistent/vgg16.pth"], "LPIPS backbone"),
+])
+def test_run_sh_rejected_input_leaves_no_run_folder(tiny_dir, tmp_path, args, pattern):
+    env = dict(os.environ, PYTHON=sys.executable)
+    run = tmp_path / "runs" / "r1"
+    r = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "--run-dir", str(run),
+                        *[a.format(face=face()) for a in args]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and pattern in r.stderr, r.stderr[-2000:]
+    assert not run.exists() and not (tmp_path / "runs").exists()

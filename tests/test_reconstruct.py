@@ -18,7 +18,8 @@ def test_reconstruction_lowers_loss_and_raises_psnr(template, tmp_path):
     gt = textured_model(template, 3000)
     s2 = write_known_answer_stages(tmp_path, template, gt, ren, n_init=3000, n_views=8, resolution=48)
     sysm = ReconstructSystem({"init_from": str(s2), "renderer_type": "torch-splat-renderer", "lambda_lpips": 0.0,
-                              "densify": {"densify_steps": [], "prune_steps": []}}, str(tmp_path / "s3"))
+                              "loss_scale": 1.0, "densify": {"densify_steps": [], "prune_steps": []}},
+                             str(tmp_path / "s3"))
     cams, imgs, boxes = load_refined_views(str(s2))
     assert imgs.shape == (8, 48, 48, 3) and (boxes[:, 2] > boxes[:, 0]).all()
     opt = sysm.configure_optimizers()
@@ -48,4 +49,40 @@ def test_init_from_errors(tmp_path):
     assert r.returncode == 2 and "save/avatar.ply is missing" in r.stderr
     r = launch("reconstruct.yaml", f"system.init_from={tmp_path / 'half'}")
     assert r.returncode == 2 and "expected 'refine'" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_loss_window_keeps_the_aspect_ratio():
+    """A tall, narrow body box (a side view) is cropped, not resized to a square: the figure inside keeps
+    its width/height ratio; boxes of one batch grow to a common size about their own centres."""
+    from threestudio.ops.losses import alpha_bbox, common_size_boxes, crop_boxes
+
+    img = torch.zeros(2, 64, 96, 3)
+    img[0, 10:40, 20:30] = 1.0  # 10 wide x 30 tall
+    img[1, 20:34, 50:90] = 1.0  # 40 wide x 14 tall
+    boxes = [alpha_bbox(img[i, ..., :1], margin=0.0) for i in range(2)]
+    assert boxes == [[20, 10, 30, 40], [50, 20, 90, 34]]
+    assert common_size_boxes(boxes, 96, 64) == [[5, 10, 45, 40], [50, 12, 90, 42]]
+    crops = crop_boxes(img, boxes)
+    assert crops.shape == (2, 3, 30, 40)
+    for i, (w, h) in enumerate(((10, 30), (40, 14))):
+        ys, xs = torch.nonzero(crops[i, 0] > 0.5, as_tuple=True)
+        assert (int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1) == (w, h)  # exact pixels, no stretch
+    half = crop_boxes(img, boxes, 0.5)
+    assert half.shape == (2, 3, 15, 20)
+    ys, xs = torch.nonzero(half[0, 0] > 0.25, as_tuple=True)
+    ratio = (int(ys.max() - ys.min()) + 1) / (int(xs.max() - xs.min()) + 1)
+    assert 2.0 <= ratio <= 4.0  # ~3, as in the render (a square resize made it ~1)
+
+
+def test_missing_lpips_weights_stop_stage_3_before_anything_is_written(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "--config", str(REPO / "configs" / "reconstruct.yaml"),
+                        "--check", "system.init_from=later", f"system.lpips.vgg_path={tmp_path / 'none' / 'vgg.pth'}",
+                        f"exp_root_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "LPIPS backbone" in r.stderr and "curl -L -o" in r.stderr
+    assert "system.lambda_lpips=0" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "--config", str(REPO / "configs" / "reconstruct.yaml"),
+                        "--check", "system.init_from=later", "system.lambda_lpips=0", f"exp_root_dir={tmp_path / 'out'}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1000:]
     assert not (tmp_path / "out").exists()

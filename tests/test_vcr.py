@@ -124,6 +124,8 @@ def test_tier_batching_equals_sequential(tiny_dir):
     assert batched.shape == (n, 32, 32, 3)
     np.testing.assert_allclose(batched, seq, atol=1e-4)
     np.testing.assert_allclose(batched, chunked, atol=1e-4)
+    ring8 = r.refine(rgb[::2], pose[::2], tc[::2], tu[::2])  # an 8-view ring has no in-between tier
+    assert ring8.shape == (8, 32, 32, 3) and torch.isfinite(ring8).all()
     # the attention really couples views: changing a primary view changes an in-between view
     rgb2 = rgb.clone()
     rgb2[12] = 1 - rgb2[12]  # the front view (+90°)

@@ -60,11 +60,13 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"motion file not found: {path}")
-    try:
-        z = np.load(p, allow_pickle=False)
-        files = set(z.files)
+    try:  # every array read here, with allow_pickle=False: a shared file never runs code
+        with np.load(p, allow_pickle=False) as npz:
+            z = {k: npz[k] for k in npz.files}
+        files = set(z)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot read motion {path}: {e} (expected an AMASS-style .npz)") from None
+        why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
+        raise UserError(f"cannot read motion {path}: {why} (expected an AMASS-style .npz)") from None
     if "poses" not in files and "pose_body" not in files:
         raise UserError(f"motion {path} has no 'poses' array (keys: {sorted(files)}); expected AMASS SMPL-X "
                         "'poses' [T,165] or [T,55,3], SMPL-H [T,156], or 'pose_body' [T,63] (+ 'root_orient')")

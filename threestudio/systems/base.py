@@ -22,7 +22,7 @@ class BaseSystem(pl.LightningModule):
     (used by launch.py's out-of-memory message)."""
 
     stage_label = "this stage"
-    oom_advice = "lower system.max_gpu_memory_gb's consumers"
+    oom_advice = "lower the stage's batch sizes or resolution"
 
     @dataclass
     class Config:
