@@ -150,11 +150,10 @@ class VCRRefiner:
         Returns:
             refined images [n, H, W, 3] in [0, 1] (float32, on the CPU).
         """
-        g, dev = self.g, self.g.device
+        dev = self.g.device
         n = rgb.shape[0]
         self.ctx.roles = view_roles(n)
         self.ctx.store.clear()
-        ac = g.alphas_cumprod
         fixed = 1 if sequential else chunk
         z0 = torch.cat(self._chunked(lambda sl: self.encode(rgb[sl]), n, BatchSizer(budget, fixed)))
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
