@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -138,22 +139,17 @@ class BatchSizer:
             return 1
         return self.budget.fit(self.per_item, remaining, reserve)
 
+    @contextlib.contextmanager
     def track(self, n_items: int):
         """Context manager around one batch of ``n_items`` that updates :attr:`per_item`."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def _track():
-            if not self.measuring:
-                yield
-                return
-            dev = self.budget.device
-            self.budget.note_peak()
-            before = torch.cuda.memory_allocated(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
+        if not self.measuring:
             yield
-            peak = torch.cuda.max_memory_allocated(dev) - before
-            self.per_item = max(self.per_item, -(-peak // max(n_items, 1)))
-            self.budget.note_peak()
-
-        return _track()
+            return
+        dev = self.budget.device
+        self.budget.note_peak()  # keep the process peak before the statistics are reset
+        before = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        yield
+        peak = torch.cuda.max_memory_allocated(dev) - before
+        self.per_item = max(self.per_item, -(-peak // max(n_items, 1)))
+        self.budget.note_peak()
