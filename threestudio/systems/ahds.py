@@ -59,9 +59,7 @@ class AHDSSystem(GaussianSystem):
             threestudio.find(c.renderer_type)
         threestudio.find(c.body_type)(c.body)  # validates the body config
         parse_structured(threestudio.find(c.geometry_type).Config, c.geometry)
-        from threestudio.models.geometry.strategy import DensifyPolicy
-
-        parse_structured(DensifyPolicy, c.densify)
+        DensifyStrategy(c.densify)  # validates the densify policy
         if mode not in ("train", "check"):
             return
         threestudio.find(c.prompt_processor_type)(c.prompt_processor)  # rejects an empty prompt

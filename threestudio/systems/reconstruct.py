@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import threestudio
-from threestudio.models.geometry.strategy import DensifyPolicy, DensifyStrategy
+from threestudio.models.geometry.strategy import DensifyStrategy
 from threestudio.models.perceptual import lpips_vgg
 from threestudio.ops.losses import crop_boxes, psnr, ssim_loss
 from threestudio.systems.base import GaussianSystem
@@ -52,7 +52,7 @@ class ReconstructSystem(GaussianSystem):
     @classmethod
     def preflight(cls, cfg: dict, mode: str) -> None:
         c = parse_structured(cls.Config, cfg)
-        parse_structured(DensifyPolicy, c.densify)
+        DensifyStrategy(c.densify)  # validates the densify policy
         if c.loss_scale <= 0:
             raise ConfigError(f"system.loss_scale must be > 0, got {c.loss_scale}")
         if mode == "train":

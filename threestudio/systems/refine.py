@@ -95,10 +95,13 @@ class RefineSystem(GaussianSystem):
         self.to(device)
         budget = self.apply_budget(device)
         cams = ring_cameras(c.n_views, c.elevation_deg, c.camera_distance, c.fovy_deg, c.resolution).to(self.device)
+        rgb, alpha = [], []
         with torch.no_grad():  # one view at a time, kept on the CPU: the ring never sits on the GPU at once
-            renders = [{k: self.render(cams[i])[k].cpu() for k in ("comp_rgb", "opacity")} for i in range(len(cams))]
-        rgb = torch.cat([r["comp_rgb"] for r in renders])
-        alpha = torch.cat([r["opacity"] for r in renders])
+            for i in range(len(cams)):
+                out = self.render(cams[i])
+                rgb.append(out["comp_rgb"].cpu())
+                alpha.append(out["opacity"].cpu())
+        rgb, alpha = torch.cat(rgb), torch.cat(alpha)
         pose, _ = skeleton_images(self.template.keypoints, cams.w2c.cpu(), cams.K.cpu(), c.resolution, c.resolution,
                                   head_closeup=False)
         gcfg = _inherit(c.guidance, self.stage1, "guidance")
