@@ -140,7 +140,7 @@ def _cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
-def test_cli_video_changes_with_motion_and_rejects_bad_input(template, tmp_path):
+def test_cli_video_changes_with_motion_and_rejects_bad_input(template, tmp_path, capsys):
     if not MOTION.is_file():
         pytest.skip("shared motion not available")
     import imageio.v3 as iio
@@ -167,14 +167,16 @@ def test_cli_video_changes_with_motion_and_rejects_bad_input(template, tmp_path)
     assert r.returncode == 2 and "motion file not found" in r.stderr
     r = _cli("--ply", tmp_path / "avatar.ply", "--motion", MOTION)
     assert r.returncode == 2 and "nothing to do" in r.stderr
-    # --out a folder: the video goes inside it as anim_<motion>.mp4
+    # --out a folder: the video goes inside it as anim_<motion>.mp4 (in-process: the CLI's main)
+    from threestudio.animation.cli import main
+
     (tmp_path / "videos").mkdir()
-    r = _cli("--ply", tmp_path / "avatar.ply", "--motion", MOTION, "--play", "--resolution", 32, "--max-frames", 2,
-             "--out", tmp_path / "videos", "--template", "anny")
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = ["--ply", tmp_path / "avatar.ply", "--motion", MOTION, "--play", "--resolution", 32, "--max-frames", 2,
+            "--template", "anny", "--device", "cpu"]
+    assert main([str(a) for a in args + ["--out", tmp_path / "videos"]]) == 0
     assert (tmp_path / "videos" / f"anim_{MOTION.stem}.mp4").is_file()
-    r = _cli("--ply", tmp_path / "avatar.ply", "--motion", MOTION, "--play", "--out", tmp_path / "a.gif")
-    assert r.returncode == 2 and "give an .mp4 file or a folder" in r.stderr and not (tmp_path / "a.gif").exists()
+    assert main([str(a) for a in args + ["--out", tmp_path / "a.gif"]]) == 2
+    assert "give an .mp4 file or a folder" in capsys.readouterr().err and not (tmp_path / "a.gif").exists()
 
 
 def _free_port():
