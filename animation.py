@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Animate a 3D Gaussian avatar with body motion (CLI; see ``python animation.py --help``)."""
+
 import sys
 
 from threestudio.animation.cli import main

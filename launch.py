@@ -1,19 +1,23 @@
 #!/usr/bin/env python
 """Run one pipeline stage: parse configs -> find(system), find(data) -> Lightning Trainer.
 
-    python launch.py --config configs/ahds.yaml --train system.prompt_processor.prompt="A man" system.face_image=face.png
+    python launch.py --config configs/ahds.yaml --train system.prompt_processor.prompt="A man" \
+        system.face_image=face.png
     python launch.py --config configs/refine.yaml --train system.init_from=<stage-1 trial>       # stage 2
     python launch.py --config configs/reconstruct.yaml --train system.init_from=<stage-2 trial>  # stage 3
     python launch.py --train --resume outputs/gaussianip/<trial>        # continue a run
     python launch.py --test --resume outputs/gaussianip/<trial>         # turntable + avatar.ply again
     python launch.py --export --resume outputs/gaussianip/<trial>       # avatar.ply only
     python launch.py --config configs/reconstruct.yaml --check system.init_from=later   # model files present?
+    python launch.py --show-config gsplat-renderer            # a plugin's options, defaults and docstrings
+    python launch.py --show-config configs/ahds.yaml          # a stage's options with that file's values
 
 Every run writes a new trial directory <exp_root_dir>/<name>/<tag>@<timestamp>/ with
 configs/parsed.yaml, ckpts/last.ckpt, save/ (avatar.ply, turntable.mp4, validation renders) and
 csv_logs/. Earlier trial directories are never touched (a resumed run continues in its own).
 Bad input gives one line on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +32,23 @@ from pathlib import Path
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", default=[], help="YAML config; may repeat (later wins)")
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--train", action="store_true", help="optimise (then render the test turntable)")
-    g.add_argument("--validate", action="store_true", help="render the validation views of a checkpoint")
-    g.add_argument("--test", action="store_true", help="render the turntable and export the avatar of a checkpoint")
-    g.add_argument("--export", action="store_true", help="write save/avatar.ply from a checkpoint")
-    g.add_argument("--check", action="store_true",
-                   help="only validate the configs and that every model file the stage needs is present; write nothing")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="optimise (then render the test turntable)")
+    mode.add_argument("--validate", action="store_true", help="render the validation views of a checkpoint")
+    mode.add_argument("--test", action="store_true", help="render the turntable and export the avatar of a checkpoint")
+    mode.add_argument("--export", action="store_true", help="write save/avatar.ply from a checkpoint")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate the configs and that every model file the stage needs is present; write nothing",
+    )
+    mode.add_argument(
+        "--show-config",
+        metavar="PLUGIN_OR_YAML",
+        help="print the options of a registered plugin (e.g. gsplat-renderer) or of a stage config file "
+        "(e.g. configs/ahds.yaml, with --config files and overrides applied) with their defaults and "
+        "docstrings; write nothing",
+    )
     ap.add_argument("--resume", default=None, help="trial directory or .ckpt to continue from / evaluate")
     ap.add_argument("--verbose", action="store_true", help="show library warnings and full tracebacks")
     ap.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. trainer.max_steps=100")
@@ -84,14 +98,49 @@ def main(argv=None) -> int:
         return 2
 
 
+def show_config(target: str, configs: list[str], overrides: list[str]) -> int:
+    """Print the options of a plugin name or of a stage config file (``--show-config``)."""
+    import threestudio
+    from threestudio.utils.config import describe_config, load_config, parse_structured
+    from threestudio.utils.errors import ConfigError
+
+    if not target.endswith((".yaml", ".yml")):
+        try:
+            cls = threestudio.find(target)
+        except KeyError as e:
+            raise ConfigError(str(e.args[0])) from None
+        print(f"{target} ({cls.__module__}.{cls.__qualname__}) options:")
+        print("\n".join(describe_config(cls.Config, indent=1)))
+        return 0
+    cfg = load_config(target, *configs, cli_args=overrides, allow_missing=True)
+    for key in ("system", "data"):
+        cls = threestudio.find(cfg[f"{key}_type"])
+        print(f"{key} ({cfg[f'{key}_type']}):")
+        print(
+            "\n".join(describe_config(cls.Config, parse_structured(cls.Config, cfg[key], key, allow_missing=True), 1))
+        )
+    return 0
+
+
 def run(args) -> int:
     import threestudio
     from threestudio.utils.config import dump_config, load_config
     from threestudio.utils.errors import ConfigError, UserError
     from threestudio.utils.io import atomic_write_text
 
-    mode = ("train" if args.train else "validate" if args.validate else "test" if args.test
-            else "check" if args.check else "export")
+    if args.show_config:
+        return show_config(args.show_config, args.config, args.overrides)
+    mode = (
+        "train"
+        if args.train
+        else "validate"
+        if args.validate
+        else "test"
+        if args.test
+        else "check"
+        if args.check
+        else "export"
+    )
     ckpt = None
     if args.resume:
         trial_dir, ckpt = resolve_resume(args.resume)
@@ -153,24 +202,40 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
 
     from threestudio.utils.errors import UserError
 
-    if not getattr(system_cls, "trainable", True):  # a stage without optimisation (refinement)
+    if not system_cls.trainable:  # a stage without optimisation (refinement): a plain system
         if mode != "train":
             raise UserError(f"{cfg.system_type} has no checkpoints; rerun it with --train")
         import torch
 
         use_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-        system.run_stage(torch.device("cuda" if use_cuda else "cpu"))
+        system.run(torch.device("cuda" if use_cuda else "cpu"))
         return
     dm = data_cls(cfg.data)
     t = cfg.trainer
-    ckpt_cb = ModelCheckpoint(dirpath=str(trial_dir / "ckpts"), filename="step{step}", auto_insert_metric_name=False,
-                              every_n_train_steps=cfg.checkpoint.every_n_train_steps, save_last=True, save_top_k=-1)
-    trainer = pl.Trainer(max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
-                         val_check_interval=t.val_check_interval, check_val_every_n_epoch=None,
-                         num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
-                         enable_progress_bar=t.enable_progress_bar, logger=CSVLogger(str(trial_dir), name="csv_logs"),
-                         callbacks=[ckpt_cb], enable_model_summary=False, inference_mode=False,
-                         default_root_dir=str(trial_dir))
+    ckpt_cb = ModelCheckpoint(
+        dirpath=str(trial_dir / "ckpts"),
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+        save_last=True,
+        save_top_k=-1,
+    )
+    trainer = pl.Trainer(
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        precision=t.precision,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=t.enable_progress_bar,
+        logger=CSVLogger(str(trial_dir), name="csv_logs"),
+        callbacks=[ckpt_cb],
+        enable_model_summary=False,
+        inference_mode=False,
+        default_root_dir=str(trial_dir),
+    )
     if mode == "train":
         trainer.fit(system, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
         trainer.test(system, datamodule=dm, verbose=False)

@@ -1,4 +1,5 @@
 """Helpers shared by the GPU benchmarks (JSON output, timing)."""
+
 from __future__ import annotations
 
 import json

@@ -12,6 +12,7 @@ gsplat's one-time CUDA build is timed separately before the run (``--gsplat-buil
     python bench/full_pipeline.py --models /tmp/sd15 --tiny /tmp/tiny --template anny.npz \
         --face man.png --cap-gb 22 --out bench/results/full_pipeline_h200_cap22.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,14 @@ sys.path.insert(0, str(REPO))
 def gsplat_build_seconds() -> float:
     """Time of gsplat's first rasterization in a fresh process (JIT build of its CUDA kernels, or
     loading them from the torch extension cache when already built)."""
-    code = ("import time, torch; t = time.perf_counter(); from gsplat import rasterization; d = 'cuda'; "
-            "m = torch.zeros(1, 3, device=d); q = torch.tensor([[1., 0, 0, 0]], device=d); "
-            "s = torch.full((1, 3), .1, device=d); o = torch.ones(1, device=d); c = torch.ones(1, 3, device=d); "
-            "v = torch.eye(4, device=d)[None]; v[0, 2, 3] = 2; K = torch.tensor([[[10., 0, 8], [0, 10., 8], [0, 0, 1]]], device=d); "
-            "rasterization(m, q, s, o, c, v, K, 16, 16); torch.cuda.synchronize(); print(time.perf_counter() - t)")
+    code = (
+        "import time, torch; t = time.perf_counter(); from gsplat import rasterization; d = 'cuda'; "
+        "m = torch.zeros(1, 3, device=d); q = torch.tensor([[1., 0, 0, 0]], device=d); "
+        "s = torch.full((1, 3), .1, device=d); o = torch.ones(1, device=d); c = torch.ones(1, 3, device=d); "
+        "v = torch.eye(4, device=d)[None]; v[0, 2, 3] = 2; "
+        "K = torch.tensor([[[10., 0, 8], [0, 10., 8], [0, 0, 1]]], device=d); "
+        "rasterization(m, q, s, o, c, v, K, 16, 16); torch.cuda.synchronize(); print(time.perf_counter() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -51,8 +55,12 @@ class GpuSampler(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                      "-i", "0"], capture_output=True, text=True, timeout=10).stdout
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
                 self.samples.append((time.perf_counter(), float(out.strip().splitlines()[0])))
             except Exception:  # noqa: BLE001 - a missed sample is not fatal
                 pass
@@ -67,14 +75,20 @@ def overrides(a) -> list[str]:
     """run.sh overrides that point the paper-settings configs at the real-size random models."""
     m, t = Path(a.models).resolve(), Path(a.tiny).resolve()
     g = "s1:system.guidance."
-    o = [f"{g}pretrained_model_name_or_path={m}/rv", f"{g}vae_name_or_path={m}/vae",
-         f"{g}controlnet_name_or_path={m}/controlnet", f"{g}ip_adapter_name_or_path={m}/ip-adapter",
-         f"{g}image_encoder_name_or_path={m}/image_encoder",
-         # face detection: OpenCV's Haar cascade + an ArcFace-shaped ONNX (no buffalo_l download here)
-         f"{g}face.detector=haar", f"{g}face.model_name=tiny_l", f"{g}face.root={t}/insightface",
-         f"s1:system.prompt_processor.pretrained_model_name_or_path={m}/rv",
-         f"s1:system.body.template_path={Path(a.template).resolve()}",
-         f"s3:system.lpips.vgg_path={m}/vgg16/vgg16-397923af.pth"]
+    o = [
+        f"{g}pretrained_model_name_or_path={m}/rv",
+        f"{g}vae_name_or_path={m}/vae",
+        f"{g}controlnet_name_or_path={m}/controlnet",
+        f"{g}ip_adapter_name_or_path={m}/ip-adapter",
+        f"{g}image_encoder_name_or_path={m}/image_encoder",
+        # face detection: OpenCV's Haar cascade + an ArcFace-shaped ONNX (no buffalo_l download here)
+        f"{g}face.detector=haar",
+        f"{g}face.model_name=tiny_l",
+        f"{g}face.root={t}/insightface",
+        f"s1:system.prompt_processor.pretrained_model_name_or_path={m}/rv",
+        f"s1:system.body.template_path={Path(a.template).resolve()}",
+        f"s3:system.lpips.vgg_path={m}/vgg16/vgg16-397923af.pth",
+    ]
     if a.cap_gb > 0:
         o.append(f"system.max_gpu_memory_gb={a.cap_gb}")
     return o + a.extra
@@ -95,9 +109,16 @@ def main():
     a = ap.parse_args()
     import torch
 
-    res = {"benchmark": "full_pipeline", "cap_gb": a.cap_gb, "prompt": a.prompt, "face": Path(a.face).name,
-           "overrides": a.extra, "gpu": torch.cuda.get_device_name(0), "gpu_total_gib":
-           round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1), "torch": torch.__version__}
+    res = {
+        "benchmark": "full_pipeline",
+        "cap_gb": a.cap_gb,
+        "prompt": a.prompt,
+        "face": Path(a.face).name,
+        "overrides": a.extra,
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        "torch": torch.__version__,
+    }
     if a.gsplat_build:
         res["gsplat_first_use_s"] = round(gsplat_build_seconds(), 1)
         res["gsplat_cached_use_s"] = round(gsplat_build_seconds(), 1)
@@ -123,12 +144,16 @@ def main():
     res["total_s"] = round(t_end - t0, 1)
     stages = {}
     bounds = marks[1:] + [(None, t_end)]
-    for (n, t_a), (_, t_b) in zip(marks[1:], bounds[1:]):
+    for (n, t_a), (_, t_b) in zip(marks[1:], bounds[1:], strict=True):
         man_path = run_dir / f"stage{n}" / "manifest.json"
         man = json.loads(man_path.read_text()) if man_path.is_file() else {}
-        stages[f"stage{n}"] = {"wall_s": round(t_b - t_a, 1), "peak_reserved_gib": man.get("gpu_peak_reserved_gib"),
-                               "budget_gib": man.get("gpu_budget_gib"), "peak_device_used_gib": sampler.peak_gib(t_a, t_b),
-                               "num_gaussians": man.get("num_gaussians")}
+        stages[f"stage{n}"] = {
+            "wall_s": round(t_b - t_a, 1),
+            "peak_reserved_gib": man.get("gpu_peak_reserved_gib"),
+            "budget_gib": man.get("gpu_budget_gib"),
+            "peak_device_used_gib": sampler.peak_gib(t_a, t_b),
+            "num_gaussians": man.get("num_gaussians"),
+        }
     densify = [ln.strip() for ln in log if "densify/prune" in ln]
     res["stages"], res["densify_events"] = stages, densify
     res["initial_gaussians"] = 100_000

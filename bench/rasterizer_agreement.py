@@ -3,13 +3,13 @@
 
     python bench/rasterizer_agreement.py [--template T.npz] [--points 20000] [--size 256] [--out r.json]
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
-
-from common import emit, psnr, cuda_time  # noqa: E402  (bench/common.py puts the repo on sys.path)
+from common import cuda_time, emit, psnr  # noqa: E402  (bench/common.py puts the repo on sys.path)
 
 
 def scene(template_path: str | None, n: int, device):
@@ -35,21 +35,29 @@ def main():
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    from threestudio.data.human_cameras import Cameras, make_cameras
     from threestudio.models.renderers.gsplat_renderer import GsplatRenderer
     from threestudio.models.renderers.torch_splat import TorchSplatRenderer
+    from threestudio.ops.camera import Cameras, orbit_cameras
 
     dev = torch.device("cuda")
     _, m = scene(a.template, a.points, dev)
-    cams = Cameras.cat([make_cameras([az], el, d, 50.0, a.size, a.size, cz, "body") for az, el, d, cz in
-                        ((90, 0, 1.8, 0), (-90, 10, 1.8, 0), (30, -20, 1.5, 0), (120, 5, 0.5, 0.65))]).to(dev)
+    cams = Cameras.cat(
+        [
+            orbit_cameras([az], el, d, 50.0, a.size, a.size, cz, "body")
+            for az, el, d, cz in ((90, 0, 1.8, 0), (-90, 10, 1.8, 0), (30, -20, 1.5, 0), (120, 5, 0.5, 0.65))
+        ]
+    ).to(dev)
     gs, ts = GsplatRenderer({}), TorchSplatRenderer({})
     with torch.no_grad():
         og, ot = gs.render(m, cams), ts.render(m, cams)
     per_view = [psnr(og["comp_rgb"][i], ot["comp_rgb"][i]) for i in range(len(cams))]
     res = {
-        "benchmark": "rasterizer_agreement", "points": a.points, "size": a.size, "views": len(cams),
-        "psnr_rgb_db": min(per_view), "psnr_rgb_per_view_db": per_view,
+        "benchmark": "rasterizer_agreement",
+        "points": a.points,
+        "size": a.size,
+        "views": len(cams),
+        "psnr_rgb_db": min(per_view),
+        "psnr_rgb_per_view_db": per_view,
         "psnr_alpha_db": psnr(og["opacity"], ot["opacity"]),
         "max_abs_rgb": float((og["comp_rgb"] - ot["comp_rgb"]).abs().max()),
         "radii_agree": float(((og["radii"] > 0) == (ot["radii"] > 0)).float().mean()),

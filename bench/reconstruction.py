@@ -8,6 +8,7 @@ reference timed in the same run is the reference code's loss region: a fixed cro
 
     python bench/reconstruction.py --template anny.npz --out r.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import tempfile
 import time
 
 import torch
-
 from common import emit, renderer_for  # noqa: E402
 
 
@@ -24,17 +24,19 @@ def score(system, gt, renderer, res: int, gt_appearance=None) -> dict:
     """Held-out PSNR / SSIM of ``system`` (rendered with its own appearance) against the ground truth."""
     from pytorch_msssim import ssim
 
-    from threestudio.data.human_cameras import ring_cameras
-    from threestudio.ops.losses import psnr
-    from threestudio.ops.losses import alpha_bbox
+    from threestudio.ops.camera import ring_cameras
+    from threestudio.ops.losses import alpha_bbox, psnr
 
     out = {}
-    for name, el, start in (("ring17_heldout_azimuths", 17.0, -180.0 + 360.0 / 64), ("ring0", 0.0, -180.0 + 5.0),
-                            ("ring35", 35.0, -180.0 + 5.0)):
-        cams = ring_cameras(16 if res > 128 else 4, el, 1.5, 70.0, res, start_azimuth=start).to(gt.means.device)
+    for name, el, start in (
+        ("ring17_heldout_azimuths", 17.0, -180.0 + 360.0 / 64),
+        ("ring0", 0.0, -180.0 + 5.0),
+        ("ring35", 35.0, -180.0 + 5.0),
+    ):
+        cams = ring_cameras(16 if res > 128 else 4, el, 1.5, 70.0, res, start_azimuth_deg=start).to(gt.means.device)
         ps, pb, ss = [], [], []
         for i in range(len(cams)):
-            gc = gt_appearance.colors(gt, cams.c2w[i:i + 1]) if gt_appearance is not None else None
+            gc = gt_appearance.colors(gt, cams.c2w[i : i + 1]) if gt_appearance is not None else None
             t = renderer.render(gt, cams[i], gc)
             r = system.render(cams[i])["comp_rgb"]
             x0, y0, x1, y1 = alpha_bbox(t["opacity"][0].cpu(), margin=0.02)
@@ -55,9 +57,16 @@ def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -
     from threestudio.systems.reconstruct import ReconstructSystem
 
     ren = "gsplat-renderer" if device.type == "cuda" else "torch-splat-renderer"
-    sysm = ReconstructSystem({"init_from": str(s2), "renderer_type": ren, "lambda_lpips": 0.0,
-                              "loss_scale": 0.5, "appearance_type": appearance_type},
-                             "/tmp/bench_s3").to(device)
+    sysm = ReconstructSystem(
+        {
+            "init_from": str(s2),
+            "renderer_type": ren,
+            "lambda_lpips": 0.0,
+            "loss_scale": 0.5,
+            "appearance_type": appearance_type,
+        },
+        "/tmp/bench_s3",
+    ).to(device)
     cams, imgs, boxes = load_refined_views(str(s2))
     if fixed_crop:  # the reference: rows 60:890, cols 220:800 of a 1024² view, then x0.5 (method §8)
         s = cams.height / 1024
@@ -69,7 +78,7 @@ def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     for step in range(steps):
-        sysm.train_step(next(it), step, opt)
+        sysm.optimization_step(next(it), step, opt)
         opt.step()
         sysm.densify_step(step + 1, opt)
     _sync(device)
@@ -94,14 +103,25 @@ def main():
     tpl = BodyTemplate.load(a.template)
     ren = renderer_for(dev)
     gt = textured_model(tpl, a.gt_points).to(dev)
-    res = {"benchmark": "reconstruction", "gt_points": a.gt_points, "init_points": a.init_points, "train_views": 32,
-           "resolution": a.res, "steps": a.steps}
+    res = {
+        "benchmark": "reconstruction",
+        "gt_points": a.gt_points,
+        "init_points": a.init_points,
+        "train_views": 32,
+        "resolution": a.res,
+        "steps": a.steps,
+    }
     with tempfile.TemporaryDirectory() as d:
         s2 = write_known_answer_stages(d, tpl, gt, ren, a.init_points, 32, a.res, device=dev)
         for name, fixed in (("ours_alpha_box", False), ("reference_fixed_crop_half_res", True)):
             sysm, sec, mem = train(s2, a.steps, fixed, dev)
-            res[name] = {"seconds": sec, "ms_per_step": 1000 * sec / a.steps, "peak_gpu_mem_gib": mem,
-                         "final_points": sysm.geometry.num_points, **score(sysm, gt, ren, a.res)}
+            res[name] = {
+                "seconds": sec,
+                "ms_per_step": 1000 * sec / a.steps,
+                "peak_gpu_mem_gib": mem,
+                "final_points": sysm.geometry.num_points,
+                **score(sysm, gt, ren, a.res),
+            }
     emit(res, a.out)
 
 

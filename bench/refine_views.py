@@ -7,6 +7,7 @@ and reports peak GPU memory of each.
     python -m threestudio.tiny --size sd15 --out /tmp/sd15
     python bench/refine_views.py --models /tmp/sd15 --template anny.npz --out r.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-
 from common import emit  # noqa: E402
 
 
@@ -28,25 +28,37 @@ def main():
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    from threestudio.data.human_cameras import ring_cameras
     from threestudio.models.body.template import BodyTemplate
     from threestudio.models.face.identity import FaceID
     from threestudio.models.geometry.gaussian_model import GaussianModel
     from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
     from threestudio.models.guidance.vcr import VCRRefiner
     from threestudio.models.renderers.gsplat_renderer import GsplatRenderer
+    from threestudio.ops.camera import ring_cameras
     from threestudio.ops.openpose import skeleton_images
 
     dev = torch.device("cuda")
     m = a.models
-    g = FaceIDControlNetGuidance({"pretrained_model_name_or_path": f"{m}/rv", "vae_name_or_path": f"{m}/vae",
-                                  "controlnet_name_or_path": f"{m}/controlnet", "ip_adapter_name_or_path": f"{m}/ip-adapter",
-                                  "image_encoder_name_or_path": f"{m}/image_encoder",
-                                  "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{m}/insightface"}})
+    g = FaceIDControlNetGuidance(
+        {
+            "pretrained_model_name_or_path": f"{m}/rv",
+            "vae_name_or_path": f"{m}/vae",
+            "controlnet_name_or_path": f"{m}/controlnet",
+            "ip_adapter_name_or_path": f"{m}/ip-adapter",
+            "image_encoder_name_or_path": f"{m}/image_encoder",
+            "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{m}/insightface"},
+        }
+    )
     g.load(dev)
     rng = np.random.default_rng(0)
-    fids = [FaceID((e := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(e),
-                   rng.integers(0, 255, (224, 224, 3), dtype=np.uint8), np.zeros(4)) for _ in range(2)]
+    fids = [
+        FaceID(
+            (e := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(e),
+            rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+            np.zeros(4),
+        )
+        for _ in range(2)
+    ]
     g.set_identity(*fids)
     tpl = BodyTemplate.load(a.template)
     geo = GaussianModel({"num_points": 100_000}).init_from_template(tpl).to(dev)
@@ -66,8 +78,11 @@ def main():
         t = time.perf_counter()
         out = r.refine(rgb, pose, tc, tu, **kw)
         torch.cuda.synchronize()
-        res[name] = {"seconds": time.perf_counter() - t, "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-                     "finite": bool(torch.isfinite(out).all())}
+        res[name] = {
+            "seconds": time.perf_counter() - t,
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "finite": bool(torch.isfinite(out).all()),
+        }
         res[name + "_output"] = out.cpu()
     if "reference_sequential" in res:
         d = (res.pop("ours_tier_batched_output") - res.pop("reference_sequential_output")).abs()

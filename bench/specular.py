@@ -7,13 +7,13 @@ PSNR/SSIM on other azimuths and elevations tell whether view-dependent highlight
 
     python bench/specular.py --template anny.npz --out r.json
 """
+
 from __future__ import annotations
 
 import argparse
 import tempfile
 
 import torch
-
 from common import emit, renderer_for  # noqa: E402
 from reconstruction import score, train  # noqa: E402
 
@@ -36,16 +36,24 @@ def main():
     ren = renderer_for(dev)
     gt = textured_model(tpl, a.gt_points, flat=True).to(dev)
     gt_app = BlinnPhongHighlights()
-    res = {"benchmark": "specular", "target": "Blinn-Phong highlights (3 directional lights, strength 0.35, "
-           "shininess 40) on flat textured discs", "gt_points": a.gt_points, "init_points": a.init_points,
-           "train_views": 32, "resolution": a.res, "steps": a.steps}
+    res = {
+        "benchmark": "specular",
+        "target": "Blinn-Phong highlights (3 directional lights, strength 0.35, shininess 40) on flat textured discs",
+        "gt_points": a.gt_points,
+        "init_points": a.init_points,
+        "train_views": 32,
+        "resolution": a.res,
+        "steps": a.steps,
+    }
     with tempfile.TemporaryDirectory() as d:
         s2 = write_known_answer_stages(d, tpl, gt, ren, a.init_points, 32, a.res, device=dev, appearance=gt_app)
         for name, app in (("diffuse_only", ""), ("specular", "asg-specular-appearance")):
             sysm, sec, mem = train(s2, a.steps, False, dev, app)
             res[name] = {"seconds": sec, "peak_gpu_mem_gib": mem, **score(sysm, gt, ren, a.res, gt_app)}
     for ring in ("ring17_heldout_azimuths", "ring0", "ring35"):
-        res[f"psnr_gain_{ring}_db"] = res["specular"][ring]["psnr_body_box"] - res["diffuse_only"][ring]["psnr_body_box"]
+        res[f"psnr_gain_{ring}_db"] = (
+            res["specular"][ring]["psnr_body_box"] - res["diffuse_only"][ring]["psnr_body_box"]
+        )
     emit(res, a.out)
 
 

@@ -7,6 +7,7 @@ fp32 guidance, as the reference ran it in fp16/fp32 without our batching choices
     python -m threestudio.tiny --size sd15 --out /tmp/sd15     # real-size random models (~4 GB)
     python bench/stage1_step.py --models /tmp/sd15 --face face.png --template anny.npz --out r.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,7 @@ import gc
 import time
 
 import torch
-
 from common import REPO, emit  # noqa: E402
-
 
 DEVICE = "cuda"
 
@@ -25,17 +24,26 @@ def build_system(models: str, face: str, template: str | None, points: int, res:
     from threestudio.systems.ahds import AHDSSystem
     from threestudio.utils.config import load_config
 
-    ov = [f"system.face_image={face or 'synthetic'}", "system.prompt_processor.prompt=A man wearing a green t-shirt",
-          f"system.geometry.num_points={points}", f"system.pose_resolution={sds}",
-          f"system.guidance.sds_resolution={sds}", f"system.guidance.dtype={dtype}",
-          f"system.guidance.pretrained_model_name_or_path={models}/rv", f"system.guidance.vae_name_or_path={models}/vae",
-          f"system.guidance.controlnet_name_or_path={models}/controlnet",
-          f"system.guidance.ip_adapter_name_or_path={models}/ip-adapter",
-          f"system.guidance.image_encoder_name_or_path={models}/image_encoder",
-          "system.guidance.face.detector=haar", "system.guidance.face.model_name=tiny_l",
-          f"system.guidance.face.root={models}/insightface",
-          f"system.prompt_processor.pretrained_model_name_or_path={models}/rv", "system.prompt_processor.use_cache=false",
-          f"data.height={res}", f"data.width={res}"]
+    ov = [
+        f"system.face_image={face or 'synthetic'}",
+        "system.prompt_processor.prompt=A man wearing a green t-shirt",
+        f"system.geometry.num_points={points}",
+        f"system.pose_resolution={sds}",
+        f"system.guidance.sds_resolution={sds}",
+        f"system.guidance.dtype={dtype}",
+        f"system.guidance.pretrained_model_name_or_path={models}/rv",
+        f"system.guidance.vae_name_or_path={models}/vae",
+        f"system.guidance.controlnet_name_or_path={models}/controlnet",
+        f"system.guidance.ip_adapter_name_or_path={models}/ip-adapter",
+        f"system.guidance.image_encoder_name_or_path={models}/image_encoder",
+        "system.guidance.face.detector=haar",
+        "system.guidance.face.model_name=tiny_l",
+        f"system.guidance.face.root={models}/insightface",
+        f"system.prompt_processor.pretrained_model_name_or_path={models}/rv",
+        "system.prompt_processor.use_cache=false",
+        f"data.height={res}",
+        f"data.width={res}",
+    ]
     if template:
         ov.append(f"system.body.template_path={template}")
     cfg = load_config(REPO / "configs" / "ahds.yaml", cli_args=ov)
@@ -68,26 +76,30 @@ def sync():
 
 
 def run(system, cfg, steps: int, start_step: int = 1500) -> dict:
-    from threestudio.data.human_cameras import RandomHumanCameras, HumanCameraConfig
+    from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
     from threestudio.utils.config import parse_structured
 
     data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
     opt = system.configure_optimizers()
     times = []
-    torch.cuda.reset_peak_memory_stats() if DEVICE == 'cuda' else None
+    torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
     for i in range(steps + 2):
         s = start_step + i
         cams = data.sample(step=s).to(system.device)
         sync()
         t = time.perf_counter()
-        loss, _, g = system.train_step(cams, s, opt)
+        loss = system.optimization_step(cams, s, opt)["loss"]
         opt.step()
         sync()
         if i >= 2:
             times.append(time.perf_counter() - t)
-    return {"step_s_median": sorted(times)[len(times) // 2], "step_s_all": times,
-            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0,
-            "loss_finite": bool(torch.isfinite(loss)), "points": system.geometry.num_points}
+    return {
+        "step_s_median": sorted(times)[len(times) // 2],
+        "step_s_all": times,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0,
+        "loss_finite": bool(torch.isfinite(loss)),
+        "points": system.geometry.num_points,
+    }
 
 
 def main():
@@ -117,11 +129,13 @@ def main():
         result[name] = r
         del system
         gc.collect()
-        torch.cuda.empty_cache() if DEVICE == 'cuda' else None
+        torch.cuda.empty_cache() if DEVICE == "cuda" else None
     if "reference_fp32" in result:
         result["speedup_vs_fp32"] = result["reference_fp32"]["step_s_median"] / result["ours_bf16"]["step_s_median"]
         if result["reference_fp32"]["peak_gpu_mem_gib"] > 0:
-            result["memory_ratio_vs_fp32"] = result["ours_bf16"]["peak_gpu_mem_gib"] / result["reference_fp32"]["peak_gpu_mem_gib"]
+            result["memory_ratio_vs_fp32"] = (
+                result["ours_bf16"]["peak_gpu_mem_gib"] / result["reference_fp32"]["peak_gpu_mem_gib"]
+            )
     emit(result, a.out)
 
 

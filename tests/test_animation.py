@@ -9,11 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import REPO, SHARED
 from threestudio.animation.motion import Motion, load_motion, retarget
 from threestudio.models.body.template import BODY_HEIGHT, sample_surface
-from threestudio.ops.lbs import lbs_gaussians, matrix_to_quat, axis_angle_to_matrix, quat_multiply, surface_skinning_weights
+from threestudio.ops.lbs import (
+    axis_angle_to_matrix,
+    lbs_gaussians,
+    matrix_to_quat,
+    quat_multiply,
+    surface_skinning_weights,
+)
 from threestudio.utils.errors import UserError
-from tests.conftest import REPO, SHARED
 
 MOTION = SHARED / "data" / "motions" / "amass_test_17.npz"
 
@@ -23,8 +29,12 @@ def dense_weights(t):
 
 
 def static_motion(body_pose, T=1):
-    return Motion(torch.tensor([[-math.pi / 2, 0.0, 0.0]]).repeat(T, 1) * 0, body_pose.float().repeat(T, 1, 1),
-                  torch.zeros(T, 3), 30.0)
+    return Motion(
+        torch.tensor([[-math.pi / 2, 0.0, 0.0]]).repeat(T, 1) * 0,
+        body_pose.float().repeat(T, 1, 1),
+        torch.zeros(T, 3),
+        30.0,
+    )
 
 
 def animator_on_surface(template, n=3000):
@@ -46,7 +56,9 @@ def test_skinned_gaussians_stay_on_posed_surface(template):
     W = dense_weights(template)
     for f in (10, 70, 130):
         posed = an.pose(G[f])
-        verts, _ = lbs_gaussians(template.vertices, torch.tensor([[1.0, 0, 0, 0]]).repeat(len(template.vertices), 1), W, G[f])
+        verts, _ = lbs_gaussians(
+            template.vertices, torch.tensor([[1.0, 0, 0, 0]]).repeat(len(template.vertices), 1), W, G[f]
+        )
         _, d = surface_skinning_weights(posed.means, verts, template.faces, W)
         assert d.mean() <= 0.01 * BODY_HEIGHT, (f, float(d.mean()))
         assert (posed.means - an.model.means).norm(dim=-1).max() > 0.05  # the body really moved
@@ -101,13 +113,16 @@ def test_canonical_frame_reproduces_ply_exactly(template, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.parametrize("content,pattern", [
-    ({"trans": np.zeros((3, 3))}, "no 'poses'"),
-    ({"poses": np.zeros((3, 40, 3))}, "expected 55"),
-    ({"poses": np.full((3, 165), np.nan)}, "NaN"),
-    ({"poses": np.zeros((0, 165))}, "zero frames"),
-    ({"poses": np.zeros((3, 165)), "trans": np.zeros((2, 3))}, "'trans' has shape"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        ({"trans": np.zeros((3, 3))}, "no 'poses'"),
+        ({"poses": np.zeros((3, 40, 3))}, "expected 55"),
+        ({"poses": np.full((3, 165), np.nan)}, "NaN"),
+        ({"poses": np.zeros((0, 165))}, "zero frames"),
+        ({"poses": np.zeros((3, 165)), "trans": np.zeros((2, 3))}, "'trans' has shape"),
+    ],
+)
 def test_bad_motion_files(tmp_path, content, pattern):
     f = tmp_path / "m.npz"
     np.savez(f, **content)
@@ -136,8 +151,13 @@ def test_motion_formats_and_resampling(tmp_path):
 
 def _cli(*args, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / "animation.py"), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "animation.py"), *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_video_changes_with_motion_and_rejects_bad_input(template, tmp_path, capsys):
@@ -151,8 +171,24 @@ def test_cli_video_changes_with_motion_and_rejects_bad_input(template, tmp_path,
         an.model.opacity_logit.fill_(3.0)
     an.model.save_ply(tmp_path / "avatar.ply")
     out = tmp_path / "a.mp4"
-    r = _cli("--ply", tmp_path / "avatar.ply", "--motion", MOTION, "--play", "--rotate", "--resolution", 64,
-             "--max-frames", 12, "--out", out, "--export-ply", tmp_path / "frames", "--template", "anny")
+    r = _cli(
+        "--ply",
+        tmp_path / "avatar.ply",
+        "--motion",
+        MOTION,
+        "--play",
+        "--rotate",
+        "--resolution",
+        64,
+        "--max-frames",
+        12,
+        "--out",
+        out,
+        "--export-ply",
+        tmp_path / "frames",
+        "--template",
+        "anny",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     v = iio.imread(out)
     assert v.shape[0] == 12 and v.max() > 30
@@ -171,8 +207,21 @@ def test_cli_video_changes_with_motion_and_rejects_bad_input(template, tmp_path,
     from threestudio.animation.cli import main
 
     (tmp_path / "videos").mkdir()
-    args = ["--ply", tmp_path / "avatar.ply", "--motion", MOTION, "--play", "--resolution", 32, "--max-frames", 2,
-            "--template", "anny", "--device", "cpu"]
+    args = [
+        "--ply",
+        tmp_path / "avatar.ply",
+        "--motion",
+        MOTION,
+        "--play",
+        "--resolution",
+        32,
+        "--max-frames",
+        2,
+        "--template",
+        "anny",
+        "--device",
+        "cpu",
+    ]
     assert main([str(a) for a in args + ["--out", tmp_path / "videos"]]) == 0
     assert (tmp_path / "videos" / f"anim_{MOTION.stem}.mp4").is_file()
     assert main([str(a) for a in args + ["--out", tmp_path / "a.gif"]]) == 2
@@ -199,9 +248,27 @@ def test_web_viewer_in_headless_chromium(template, tmp_path):
     an.model.save_ply(tmp_path / "avatar.ply")
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(REPO / "animation.py"), "--ply", str(tmp_path / "avatar.ply"), "--motion",
-                             str(MOTION), "--gui", "--port", str(port), "--template", "anny", "--max-frames", "20"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "animation.py"),
+            "--ply",
+            str(tmp_path / "avatar.ply"),
+            "--motion",
+            str(MOTION),
+            "--gui",
+            "--port",
+            str(port),
+            "--template",
+            "anny",
+            "--max-frames",
+            "20",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -212,9 +279,20 @@ def test_web_viewer_in_headless_chromium(template, tmp_path):
                 assert proc.poll() is None, proc.stdout.read()[-2000:]
                 time.sleep(0.5)
         with pw.sync_playwright() as p:
-            b = p.chromium.launch(executable_path=chromium, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+            b = p.chromium.launch(
+                executable_path=chromium,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--use-angle=swiftshader",
+                    "--enable-unsafe-swiftshader",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
             page = b.new_page(viewport={"width": 800, "height": 600})
             page.goto(f"http://127.0.0.1:{port}", wait_until="load", timeout=60000)
             canvas = page.locator("canvas").first
@@ -229,7 +307,7 @@ def test_web_viewer_in_headless_chromium(template, tmp_path):
         img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
         (tmp_path / "viewer.png").write_bytes(png)
         h, w = img.shape[:2]
-        centre = img[int(0.3 * h):int(0.7 * h), int(0.4 * w):int(0.6 * w)]  # the avatar, away from the GUI panels
+        centre = img[int(0.3 * h) : int(0.7 * h), int(0.4 * w) : int(0.6 * w)]  # the avatar, away from the GUI panels
         assert img.shape[0] > 100 and centre.std() > 5.0, centre.std()
         assert (np.abs(centre - centre[0, 0]).sum(-1) > 30).mean() > 0.05
     finally:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import face
 from threestudio.models.body.template import BODY_HEIGHT, BodyTemplate
 from threestudio.utils.errors import UserError
-from tests.conftest import face
 
 
 def test_anny_template_frame(template):

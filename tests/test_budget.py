@@ -1,5 +1,6 @@
 """GPU memory budget (DESIGN.md §8): batch sizing arithmetic, and the one message a stage prints when it
 still runs out of memory (nothing written is lost)."""
+
 import torch
 
 from tests.test_launch import tiny_args, trials

@@ -103,7 +103,9 @@ def test_random_cameras_modes_and_windows():
     from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
     from threestudio.utils.config import parse_structured
 
-    cfg = parse_structured(HumanCameraConfig, {"head_steps": [100, 200], "back_steps": [100, 200], "height": 8, "width": 8})
+    cfg = parse_structured(
+        HumanCameraConfig, {"head_steps": [100, 200], "back_steps": [100, 200], "height": 8, "width": 8}
+    )
     ds = RandomHumanCameras(cfg)
     assert {ds.sample(step=5).mode for _ in range(50)} == {"body"}
     modes = [ds.sample(step=150) for _ in range(400)]
@@ -127,9 +129,16 @@ def test_stage2_prompt_table_method_7_3():
 
     roles = view_roles(32)
     got = {r.azimuth: refine_suffix(r.kind, r.azimuth) for r in roles}
-    table = {90.0: "", -90.0: ", back view", 0.0: ", right view", -180.0: ", left view",
-             45.0: ", right front view", 135.0: ", left front view", -135.0: ", left back view",
-             -45.0: ", right back view"}
+    table = {
+        90.0: "",
+        -90.0: ", back view",
+        0.0: ", right view",
+        -180.0: ", left view",
+        45.0: ", right front view",
+        135.0: ", left front view",
+        -135.0: ", left back view",
+        -45.0: ", right back view",
+    }
     for az, suffix in table.items():
         assert got[az] == suffix, (az, got[az])
     between = [r for r in roles if r.kind == "between"]

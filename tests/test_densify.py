@@ -1,7 +1,7 @@
 import torch
 
-from threestudio.models.geometry.strategy import DensifyStrategy
 from tests.test_gaussians_render import random_model
+from threestudio.models.geometry.strategy import DensifyStrategy
 
 
 def make_opt(m):
@@ -74,8 +74,9 @@ def test_visible_policy_densifies_every_seen_gaussian_and_caps_by_gradient():
     m2 = random_model(10)
     opt2 = make_opt(m2)
     means_before = m2.means.detach().clone()
-    s2 = DensifyStrategy({"densify_steps": [1], "densify_min_opacity": 0.0, "max_points": 13,
-                          "percent_dense": 1e9})  # every candidate is a clone
+    s2 = DensifyStrategy(
+        {"densify_steps": [1], "densify_min_opacity": 0.0, "max_points": 13, "percent_dense": 1e9}
+    )  # every candidate is a clone
     s2.accumulate(0, g, radii, 64, 64)
     info2 = s2.step(1, m2, opt2)
     assert info2["cloned"] == 3 and info2["points"] == 13 and info2["cap"] == 13

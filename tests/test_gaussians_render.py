@@ -14,14 +14,16 @@ from threestudio.utils.errors import UserError
 def random_model(n=300, seed=0, sh_degree=0):
     g = torch.Generator().manual_seed(seed)
     m = GaussianModel({"num_points": n, "sh_degree": sh_degree})
-    m.set_params({
-        "means": torch.randn(n, 3, generator=g) * 0.3,
-        "f_dc": torch.randn(n, 3, generator=g),
-        "f_rest": torch.randn(n, (sh_degree + 1) ** 2 - 1, 3, generator=g),
-        "opacity_logit": torch.randn(n, generator=g),
-        "log_scales": torch.randn(n, 3, generator=g) * 0.3 - 3.0,
-        "quats": torch.randn(n, 4, generator=g),
-    })
+    m.set_params(
+        {
+            "means": torch.randn(n, 3, generator=g) * 0.3,
+            "f_dc": torch.randn(n, 3, generator=g),
+            "f_rest": torch.randn(n, (sh_degree + 1) ** 2 - 1, 3, generator=g),
+            "opacity_logit": torch.randn(n, generator=g),
+            "log_scales": torch.randn(n, 3, generator=g) * 0.3 - 3.0,
+            "quats": torch.randn(n, 4, generator=g),
+        }
+    )
     return m
 
 
@@ -82,8 +84,18 @@ def test_single_gaussian_known_answer():
     cams = make_cameras([90.0], 0.0, 2.0, 60.0, 33, 33, 0.0, "body")
     f = 33 / (2 * math.tan(math.radians(30)))
     s = 0.05
-    out = rasterize_torch(torch.zeros(1, 3), torch.full((1, 3), s), torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([0.8]),
-                          torch.ones(1, 3), cams.w2c, cams.K, 33, 33, eps2d=0.0)
+    out = rasterize_torch(
+        torch.zeros(1, 3),
+        torch.full((1, 3), s),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.tensor([0.8]),
+        torch.ones(1, 3),
+        cams.w2c,
+        cams.K,
+        33,
+        33,
+        eps2d=0.0,
+    )
     a = out["opacity"][0, :, :, 0]
     sigma_px = f * s / 2.0
     np.testing.assert_allclose(float(a[16, 16]), 0.8, rtol=1e-4)  # pixel centre 16.5 = principal point

@@ -1,4 +1,5 @@
 """CUDA-only checks (skipped without a GPU)."""
+
 import os
 
 import pytest

@@ -1,15 +1,24 @@
 import torch
 
+from tests.conftest import face
 from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
 from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
-from tests.conftest import face
 
 
 def tiny_guidance_cfg(t, **kw):
-    return {**dict(pretrained_model_name_or_path=str(t / "rv"), vae_name_or_path=str(t / "vae"),
-                   controlnet_name_or_path=str(t / "controlnet"), ip_adapter_name_or_path=str(t / "ip-adapter"),
-                   image_encoder_name_or_path=str(t / "image_encoder"), sds_resolution=32, n_steps=20,
-                   face=dict(detector="haar", model_name="tiny_l", root=str(t / "insightface"))), **kw}
+    return {
+        **dict(
+            pretrained_model_name_or_path=str(t / "rv"),
+            vae_name_or_path=str(t / "vae"),
+            controlnet_name_or_path=str(t / "controlnet"),
+            ip_adapter_name_or_path=str(t / "ip-adapter"),
+            image_encoder_name_or_path=str(t / "image_encoder"),
+            sds_resolution=32,
+            n_steps=20,
+            face=dict(detector="haar", model_name="tiny_l", root=str(t / "insightface")),
+        ),
+        **kw,
+    }
 
 
 def test_real_loading_code_on_tiny_models(tiny_dir, tmp_path, monkeypatch):
@@ -47,8 +56,9 @@ def test_real_loading_code_on_tiny_models(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_missing_real_models_listed(tmp_path):
-    g = FaceIDControlNetGuidance({"pretrained_model_name_or_path": str(tmp_path / "rv"),
-                                  "face": {"root": str(tmp_path)}})
+    g = FaceIDControlNetGuidance(
+        {"pretrained_model_name_or_path": str(tmp_path / "rv"), "face": {"root": str(tmp_path)}}
+    )
     miss = g.missing()
     text = "\n".join(miss)
     for what in ("UNet", "VAE", "ControlNet", "IP-Adapter", "CLIP ViT-H", "insightface"):

@@ -1,5 +1,6 @@
 """LPIPS-VGG (stage 3, method §8): standard weight files, missing-file errors, and agreement with the
 ``lpips`` package where torchvision can be imported (the GPU image; PyPI has no CPU torchvision)."""
+
 import pytest
 import torch
 

@@ -3,8 +3,17 @@ import pytest
 import torch
 
 from threestudio.ops.sds import (
-    AHDSSchedule, AHDS_EDGES, ahds_tau_schedule, ahds_window, anpg_gradient, clip_grad_per_pixel, dual_gaussian_pdf,
-    fit_ahds_prior, sds_loss, sparsity_loss, window_masses,
+    AHDS_EDGES,
+    AHDSSchedule,
+    ahds_tau_schedule,
+    ahds_window,
+    anpg_gradient,
+    clip_grad_per_pixel,
+    dual_gaussian_pdf,
+    fit_ahds_prior,
+    sds_loss,
+    sparsity_loss,
+    window_masses,
 )
 
 

@@ -1,5 +1,6 @@
 """Precision rule (DESIGN.md §8): bf16 where the card supports it, else fp16 with its guards (V100, T4,
 RTX 20xx); fp32 on the CPU. The fp16 path is forced here on the CPU with the tiny models."""
+
 import copy
 
 import pytest

@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import torch
 
+from tests.conftest import REPO
 from threestudio.data.synthetic import textured_model, write_known_answer_stages
 from threestudio.models.renderers.torch_splat import TorchSplatRenderer
-from tests.conftest import REPO
 
 
 def test_reconstruction_lowers_loss_and_raises_psnr(template, tmp_path):
@@ -17,9 +17,16 @@ def test_reconstruction_lowers_loss_and_raises_psnr(template, tmp_path):
     ren = TorchSplatRenderer({})
     gt = textured_model(template, 3000)
     s2 = write_known_answer_stages(tmp_path, template, gt, ren, n_init=3000, n_views=8, resolution=48)
-    sysm = ReconstructSystem({"init_from": str(s2), "renderer_type": "torch-splat-renderer", "lambda_lpips": 0.0,
-                              "loss_scale": 1.0, "densify": {"densify_steps": [], "prune_steps": []}},
-                             str(tmp_path / "s3"))
+    sysm = ReconstructSystem(
+        {
+            "init_from": str(s2),
+            "renderer_type": "torch-splat-renderer",
+            "lambda_lpips": 0.0,
+            "loss_scale": 1.0,
+            "densify": {"densify_steps": [], "prune_steps": []},
+        },
+        str(tmp_path / "s3"),
+    )
     cams, imgs, boxes = load_refined_views(str(s2))
     assert imgs.shape == (8, 48, 48, 3) and (boxes[:, 2] > boxes[:, 0]).all()
     opt = sysm.configure_optimizers()
@@ -36,8 +43,20 @@ def test_reconstruction_lowers_loss_and_raises_psnr(template, tmp_path):
 
 def test_init_from_errors(tmp_path):
     def launch(cfg, *args):
-        return subprocess.run([sys.executable, str(REPO / "launch.py"), "--config", str(REPO / "configs" / cfg), "--train",
-                               f"exp_root_dir={tmp_path / 'out'}", *args], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "launch.py"),
+                "--config",
+                str(REPO / "configs" / cfg),
+                "--train",
+                f"exp_root_dir={tmp_path / 'out'}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     r = launch("refine.yaml", f"system.init_from={tmp_path / 'nope'}")
     assert r.returncode == 2 and "stage directory not found" in r.stderr and "nope" in r.stderr
@@ -78,8 +97,13 @@ def test_loss_window_keeps_the_aspect_ratio():
 def test_missing_lpips_weights_stop_stage_3_before_anything_is_written(tmp_path, capsys):
     import launch
 
-    base = ["--config", str(REPO / "configs" / "reconstruct.yaml"), "--check", "system.init_from=later",
-            f"exp_root_dir={tmp_path / 'out'}"]
+    base = [
+        "--config",
+        str(REPO / "configs" / "reconstruct.yaml"),
+        "--check",
+        "system.init_from=later",
+        f"exp_root_dir={tmp_path / 'out'}",
+    ]
     assert launch.main(base + [f"system.lpips.vgg_path={tmp_path / 'none' / 'vgg.pth'}"]) == 2
     err = capsys.readouterr().err
     assert "LPIPS backbone" in err and "curl -L -o" in err and "system.lambda_lpips=0" in err

@@ -14,10 +14,21 @@ REQUIRED = ["system.prompt_processor.prompt=a person", "system.face_image=x.png"
 
 def test_every_registered_name_resolves():
     names = threestudio.registered_names()
-    for n in ("anny-body", "smplx-body", "body-gaussian-geometry", "gsplat-renderer", "torch-splat-renderer",
-              "faceid-controlnet-guidance", "view-prompt-processor", "insightface-face-id",
-              "human-camera-datamodule", "refined-views-datamodule", "gaussianip-ahds-system",
-              "gaussianip-refine-system", "gaussianip-reconstruct-system"):
+    for n in (
+        "anny-body",
+        "smplx-body",
+        "body-gaussian-geometry",
+        "gsplat-renderer",
+        "torch-splat-renderer",
+        "faceid-controlnet-guidance",
+        "view-prompt-processor",
+        "insightface-face-id",
+        "human-camera-datamodule",
+        "refined-views-datamodule",
+        "gaussianip-ahds-system",
+        "gaussianip-refine-system",
+        "gaussianip-reconstruct-system",
+    ):
         assert n in names
     for n in names:
         assert threestudio.find(n).registered_name == n
@@ -28,12 +39,16 @@ def test_unknown_plugin_suggests():
         threestudio.find("gsplat-rendrer")
 
 
-STAGE_REQUIRED = {"ahds.yaml": REQUIRED, "refine.yaml": ["system.init_from=x"], "reconstruct.yaml": ["system.init_from=x"]}
+STAGE_REQUIRED = {
+    "ahds.yaml": REQUIRED,
+    "refine.yaml": ["system.init_from=x"],
+    "reconstruct.yaml": ["system.init_from=x"],
+}
 
 
-STACKS = [[REPO / "configs" / p.name] + ([p] if p.parent.name == "tiny" else []) for p in CONFIGS
-          if p.name in STAGE_REQUIRED] + [[REPO / "configs" / s, REPO / "configs" / "specular.yaml"]
-                                          for s in ("ahds.yaml", "reconstruct.yaml")]
+STACKS = [
+    [REPO / "configs" / p.name] + ([p] if p.parent.name == "tiny" else []) for p in CONFIGS if p.name in STAGE_REQUIRED
+] + [[REPO / "configs" / s, REPO / "configs" / "specular.yaml"] for s in ("ahds.yaml", "reconstruct.yaml")]
 
 
 @pytest.mark.parametrize("stack", STACKS, ids=["+".join(str(p.relative_to(REPO)) for p in s) for s in STACKS])
@@ -51,8 +66,11 @@ def test_every_config_file_is_tested():
 
 
 def test_composition_and_overrides():
-    cfg = load_config(REPO / "configs" / "ahds.yaml", REPO / "configs" / "tiny" / "ahds.yaml",
-                      cli_args=REQUIRED + ["trainer.max_steps=7"])
+    cfg = load_config(
+        REPO / "configs" / "ahds.yaml",
+        REPO / "configs" / "tiny" / "ahds.yaml",
+        cli_args=REQUIRED + ["trainer.max_steps=7"],
+    )
     assert cfg.trainer.max_steps == 7  # CLI wins
     assert cfg.data.height == 64  # later file wins
     assert cfg.data.batch_size == 2

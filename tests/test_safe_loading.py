@@ -1,5 +1,6 @@
 """Files people share never run code when loaded (DESIGN.md §9): for each loader a pickle payload is
 planted; it is refused with a clear error (or skipped) and never runs."""
+
 import numpy as np
 import pytest
 import torch
@@ -65,9 +66,9 @@ def test_smplx_model_file_pickles_are_dropped(tmp_path, template):
 
 
 def test_specular_network_pickle_is_refused(tmp_path):
+    from tests.test_specular import one_flat_gaussian
     from threestudio.models.appearance.specular import SpecularAppearance
     from threestudio.systems.base import load_avatar
-    from tests.test_specular import one_flat_gaussian
 
     marker = tmp_path / "ran"
     one_flat_gaussian(8).save_ply(tmp_path / "avatar.ply")

@@ -1,5 +1,6 @@
 """The SMPL-X code path on a synthetic SMPLX_NEUTRAL.npz with the real keys (the real files are
 licence-gated): loading through ``smplx.create``, the frame conversion, and direct retargeting."""
+
 import math
 
 import numpy as np

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import REPO, SHARED, face
 from threestudio.models.appearance.specular import SpecularAppearance
 from threestudio.ops.asg import asg, reflect
-from tests.conftest import REPO, SHARED, face
 
 
 def test_single_lobe_known_answer_anisotropic_and_view_dependent():
@@ -82,8 +82,13 @@ def test_specular_amplitude_is_bounded():
     quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
     c2w = torch.eye(4).repeat(8, 1, 1)
     c2w[:, :3, 3] = torch.randn(8, 3, generator=g) * 2
-    s = app.specular(torch.randn(n, 3, generator=g) * 0.3, quats, torch.rand(n, 3, generator=g) + 0.01,
-                     torch.randn(n, 8, generator=g) * 3, c2w)
+    s = app.specular(
+        torch.randn(n, 3, generator=g) * 0.3,
+        quats,
+        torch.rand(n, 3, generator=g) + 0.01,
+        torch.randn(n, 8, generator=g) * 3,
+        c2w,
+    )
     assert float(s.min()) >= 0.0 and float(s.max()) <= 0.6 + 1e-5
     assert float(s.max()) > 0.1  # and highlights do reach a visible strength
 
@@ -92,9 +97,14 @@ def one_flat_gaussian(spec_dim=0):
     from threestudio.models.geometry.gaussian_model import GaussianModel
 
     m = GaussianModel({"spec_feature_dim": spec_dim})
-    p = {"means": torch.zeros(1, 3), "f_dc": torch.zeros(1, 3), "f_rest": torch.zeros(1, 0, 3),
-         "opacity_logit": torch.tensor([4.0]), "log_scales": torch.log(torch.tensor([[0.2, 0.01, 0.2]])),
-         "quats": torch.tensor([[1.0, 0, 0, 0]])}  # a disk facing ±y (the front cameras)
+    p = {
+        "means": torch.zeros(1, 3),
+        "f_dc": torch.zeros(1, 3),
+        "f_rest": torch.zeros(1, 0, 3),
+        "opacity_logit": torch.tensor([4.0]),
+        "log_scales": torch.log(torch.tensor([[0.2, 0.01, 0.2]])),
+        "quats": torch.tensor([[1.0, 0, 0, 0]]),
+    }  # a disk facing ±y (the front cameras)
     if spec_dim:
         p["spec_features"] = torch.randn(1, spec_dim, generator=torch.Generator().manual_seed(0))
     m.set_params(p)
@@ -136,7 +146,9 @@ def test_specular_save_load_round_trip(tmp_path):
     one_flat_gaussian(0).save_ply(tmp_path / "diffuse.ply")
     m3, app3 = load_avatar(tmp_path / "diffuse.ply", "body-gaussian-geometry", {})
     assert app3 is None and m3.cfg.spec_feature_dim == 0
-    m4, app4 = load_avatar(tmp_path / "diffuse.ply", "body-gaussian-geometry", {}, "asg-specular-appearance", {"feature_dim": 4})
+    m4, app4 = load_avatar(
+        tmp_path / "diffuse.ply", "body-gaussian-geometry", {}, "asg-specular-appearance", {"feature_dim": 4}
+    )
     assert app4 is not None and m4.spec_features.shape == (1, 4)
     from plyfile import PlyData
 
@@ -149,18 +161,51 @@ def test_run_sh_tiny_specular_and_animation(tiny_dir, tmp_path):
     motion = SHARED / "data" / "motions" / "amass_test_17.npz"
     env = dict(os.environ, PYTHON=sys.executable)
     run = tmp_path / "run"
-    r = subprocess.run(["bash", str(REPO / "run.sh"), "--tiny", "--specular", "--run-dir", str(run), "A man in a leather jacket",
-                        str(face()), "trainer.max_steps=3", "data.n_test_views=4", "trainer.enable_progress_bar=false"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            "bash",
+            str(REPO / "run.sh"),
+            "--tiny",
+            "--specular",
+            "--run-dir",
+            str(run),
+            "A man in a leather jacket",
+            str(face()),
+            "trainer.max_steps=3",
+            "data.n_test_views=4",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for st in ("stage1", "stage3"):
         assert json.loads((run / st / "manifest.json").read_text())["specular"] is True
         assert (run / st / "save" / "avatar.specular.safetensors").is_file()
     if not motion.is_file():
         pytest.skip("shared motion not available")
-    r2 = subprocess.run([sys.executable, str(REPO / "animation.py"), "--ply", str(run / "stage3/save/avatar.ply"), "--motion",
-                         str(motion), "--play", "--max-frames", "4", "--resolution", "64"],
-                        env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=600)
+    r2 = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "animation.py"),
+            "--ply",
+            str(run / "stage3/save/avatar.ply"),
+            "--motion",
+            str(motion),
+            "--play",
+            "--max-frames",
+            "4",
+            "--resolution",
+            "64",
+        ],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert "specular appearance loaded" in r2.stdout
     assert (run / "stage3/save/anim_amass_test_17.mp4").is_file()

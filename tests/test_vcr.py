@@ -105,10 +105,10 @@ def test_fusion_blend():
 
 
 def test_tier_batching_equals_sequential(tiny_dir):
-    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
-    from threestudio.models.guidance.vcr import VCRRefiner
     from tests.conftest import face
     from tests.test_guidance import tiny_guidance_cfg
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+    from threestudio.models.guidance.vcr import VCRRefiner
 
     g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
     g.load("cpu")

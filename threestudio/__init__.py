@@ -4,6 +4,7 @@ This module holds only the plugin registry (threestudio style); nothing heavy is
 Plugins register themselves with ``@threestudio.register("<what>-<kind>")`` when their package is
 imported; :func:`find` imports every plugin package on first use.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,15 +14,15 @@ __version__ = "0.1.0"
 
 __modules__: dict[str, type] = {}
 
-_PLUGIN_PACKAGES = (
-    "threestudio.data",
+_PLUGIN_PACKAGES = (  # lowest layer first: finding a model plugin never imports data or systems
     "threestudio.models.body",
     "threestudio.models.geometry",
     "threestudio.models.appearance",
     "threestudio.models.renderers",
+    "threestudio.models.face",
     "threestudio.models.guidance",
     "threestudio.models.prompt_processors",
-    "threestudio.models.face",
+    "threestudio.data",
     "threestudio.systems",
 )
 
@@ -56,8 +57,10 @@ def find(name: str) -> type:
     Raises:
         KeyError: with close-match suggestions when ``name`` is not registered.
     """
-    if name not in __modules__:
-        import_plugins()
+    for pkg in _PLUGIN_PACKAGES:  # import packages up to the one that registers ``name``
+        if name in __modules__:
+            break
+        importlib.import_module(pkg)
     if name not in __modules__:
         close = difflib.get_close_matches(name, list(__modules__), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""

@@ -13,6 +13,7 @@ Written (default ``$GIP_TINY_DIR`` or ``<repo>/.tiny``):
   real shapes, so the LPIPS heads of the ``lpips`` package load on it; fp16 to halve its size).
 Cross-attention dim 64 (FaceID-Plus needs a multiple of 64).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def write_clip_tokenizer(out: Path) -> int:
@@ -68,25 +69,44 @@ def write_clip_tokenizer(out: Path) -> int:
     return len(vocab)
 
 
-def faceid_plus_v2_state_dict(unet, clip_hidden: int, id_dim: int = 512, embed_dim: int = CROSS_DIM,
-                              rank: int = LORA_RANK) -> dict:
+def faceid_plus_v2_state_dict(
+    unet, clip_hidden: int, id_dim: int = 512, embed_dim: int = CROSS_DIM, rank: int = LORA_RANK
+) -> dict:
     """Random weights with the key structure and shapes of ``ip-adapter-faceid-plusv2_sd15.bin``."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g) * 0.02  # noqa: E731
     E, inner, out_dim = embed_dim, 64 * (embed_dim // 64), unet.config.cross_attention_dim
-    proj = {"proj.0.weight": r(id_dim * 2, id_dim), "proj.0.bias": r(id_dim * 2),
-            "proj.2.weight": r(4 * E, id_dim * 2), "proj.2.bias": r(4 * E),
-            "norm.weight": torch.ones(E), "norm.bias": torch.zeros(E),
-            "perceiver_resampler.proj_in.weight": r(E, clip_hidden), "perceiver_resampler.proj_in.bias": r(E),
-            "perceiver_resampler.proj_out.weight": r(out_dim, E), "perceiver_resampler.proj_out.bias": r(out_dim),
-            "perceiver_resampler.norm_out.weight": torch.ones(out_dim), "perceiver_resampler.norm_out.bias": torch.zeros(out_dim)}
+    proj = {
+        "proj.0.weight": r(id_dim * 2, id_dim),
+        "proj.0.bias": r(id_dim * 2),
+        "proj.2.weight": r(4 * E, id_dim * 2),
+        "proj.2.bias": r(4 * E),
+        "norm.weight": torch.ones(E),
+        "norm.bias": torch.zeros(E),
+        "perceiver_resampler.proj_in.weight": r(E, clip_hidden),
+        "perceiver_resampler.proj_in.bias": r(E),
+        "perceiver_resampler.proj_out.weight": r(out_dim, E),
+        "perceiver_resampler.proj_out.bias": r(out_dim),
+        "perceiver_resampler.norm_out.weight": torch.ones(out_dim),
+        "perceiver_resampler.norm_out.bias": torch.zeros(out_dim),
+    }
     for i in range(4):  # diffusers' FaceID-Plus projection has a fixed depth of 4
         p = f"perceiver_resampler.layers.{i}."
-        proj.update({p + "0.norm1.weight": torch.ones(E), p + "0.norm1.bias": torch.zeros(E),
-                     p + "0.norm2.weight": torch.ones(E), p + "0.norm2.bias": torch.zeros(E),
-                     p + "0.to_q.weight": r(inner, E), p + "0.to_kv.weight": r(2 * inner, E),
-                     p + "0.to_out.weight": r(E, inner), p + "1.0.weight": torch.ones(E), p + "1.0.bias": torch.zeros(E),
-                     p + "1.1.weight": r(4 * E, E), p + "1.3.weight": r(E, 4 * E)})
+        proj.update(
+            {
+                p + "0.norm1.weight": torch.ones(E),
+                p + "0.norm1.bias": torch.zeros(E),
+                p + "0.norm2.weight": torch.ones(E),
+                p + "0.norm2.bias": torch.zeros(E),
+                p + "0.to_q.weight": r(inner, E),
+                p + "0.to_kv.weight": r(2 * inner, E),
+                p + "0.to_out.weight": r(E, inner),
+                p + "1.0.weight": torch.ones(E),
+                p + "1.0.bias": torch.zeros(E),
+                p + "1.1.weight": r(4 * E, E),
+                p + "1.3.weight": r(E, 4 * E),
+            }
+        )
     ipa = {}
     for key_id, (name, _) in enumerate(unet.attn_processors.items()):
         attn = unet.get_submodule(name[: -len(".processor")])
@@ -125,13 +145,19 @@ def write_arcface_onnx(path: Path) -> None:
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array((rng.standard_normal((8, 3, 8, 8)) * 0.1).astype(np.float32), "w1")
     w2 = numpy_helper.from_array((rng.standard_normal((8 * 14 * 14, 512)) * 0.02).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["input.1", "w1"], ["c1"], strides=[8, 8]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Flatten", ["r1"], ["f1"], axis=1),
-             helper.make_node("MatMul", ["f1", "w2"], ["683"])]
-    graph = helper.make_graph(nodes, "tiny_arcface",
-                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
-                              [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 512])], [w1, w2])
+    nodes = [
+        helper.make_node("Conv", ["input.1", "w1"], ["c1"], strides=[8, 8]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Flatten", ["r1"], ["f1"], axis=1),
+        helper.make_node("MatMul", ["f1", "w2"], ["683"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_arcface",
+        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
+        [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 512])],
+        [w1, w2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -141,28 +167,63 @@ def write_arcface_onnx(path: Path) -> None:
 
 ARCHITECTURES = {
     # tiny: seconds on a CPU; VAE and ControlNet conditioning downsample x2
-    "tiny": dict(text=dict(hidden_size=CROSS_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
-                 unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1,
-                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CROSS_DIM,
-                           attention_head_dim=8, norm_num_groups=32),
-                 vae=dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                          up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=32),
-                 cond=(16, 32),
-                 vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                             projection_dim=32),
-                 lora_rank=LORA_RANK, embed_dim=CROSS_DIM),
+    "tiny": dict(
+        text=dict(hidden_size=CROSS_DIM, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+        unet=dict(
+            sample_size=16,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=CROSS_DIM,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        ),
+        vae=dict(
+            block_out_channels=(32, 64),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=32,
+        ),
+        cond=(16, 32),
+        vision=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=32
+        ),
+        lora_rank=LORA_RANK,
+        embed_dim=CROSS_DIM,
+    ),
     # sd15: the real SD-1.5 / ControlNet / CLIP ViT-H/14 / FaceID-Plus-v2 sizes, random weights (benchmarks)
-    "sd15": dict(text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                           hidden_act="quick_gelu"),
-                 unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
-                 vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
-                          sample_size=512),
-                 cond=(16, 32, 96, 256),
-                 vision=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                             projection_dim=1024, hidden_act="gelu"),
-                 lora_rank=128, embed_dim=768),
+    "sd15": dict(
+        text=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            hidden_act="quick_gelu",
+        ),
+        unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
+        ),
+        cond=(16, 32, 96, 256),
+        vision=dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            projection_dim=1024,
+            hidden_act="gelu",
+        ),
+        lora_rank=128,
+        embed_dim=768,
+    ),
 }
 
 
@@ -177,18 +238,29 @@ def build(out: Path, size: str = "tiny") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     vocab = write_clip_tokenizer(tmp / "rv" / "tokenizer")
     hid = arch["text"]["hidden_size"]
-    CLIPTextModel(CLIPTextConfig(vocab_size=vocab, max_position_embeddings=77, projection_dim=hid,
-                                 bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1, **arch["text"])
-                  ).to(dtype).save_pretrained(tmp / "rv" / "text_encoder")
+    CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab,
+            max_position_embeddings=77,
+            projection_dim=hid,
+            bos_token_id=vocab - 2,
+            eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1,
+            **arch["text"],
+        )
+    ).to(dtype).save_pretrained(tmp / "rv" / "text_encoder")
     unet = UNet2DConditionModel(**arch["unet"])
     unet.to(dtype).save_pretrained(tmp / "rv" / "unet")
     (tmp / "rv" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "size": size}))
     AutoencoderKL(**arch["vae"]).to(dtype).save_pretrained(tmp / "vae")
-    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=arch["cond"]).to(dtype).save_pretrained(tmp / "controlnet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=arch["cond"]).to(dtype).save_pretrained(
+        tmp / "controlnet"
+    )
     vis_cfg = CLIPVisionConfig(image_size=224, patch_size=14, **arch["vision"])
     CLIPVisionModelWithProjection(vis_cfg).to(dtype).save_pretrained(tmp / "image_encoder")
-    sd = faceid_plus_v2_state_dict(unet, clip_hidden=vis_cfg.hidden_size, embed_dim=arch["embed_dim"],
-                                   rank=arch["lora_rank"])
+    sd = faceid_plus_v2_state_dict(
+        unet, clip_hidden=vis_cfg.hidden_size, embed_dim=arch["embed_dim"], rank=arch["lora_rank"]
+    )
     sd = {k: {n: v.to(dtype) for n, v in d.items()} for k, d in sd.items()}
     (tmp / "ip-adapter").mkdir(parents=True, exist_ok=True)
     torch.save(sd, tmp / "ip-adapter" / "ip-adapter-faceid-plusv2_sd15.bin")
@@ -213,8 +285,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="folder (default $GIP_TINY_DIR or <repo>/.tiny)")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
-    ap.add_argument("--size", choices=sorted(ARCHITECTURES), default="tiny",
-                    help="tiny (CPU tests) or sd15 (real SD-1.5 sizes, random weights, for GPU benchmarks; ~4 GB)")
+    ap.add_argument(
+        "--size",
+        choices=sorted(ARCHITECTURES),
+        default="tiny",
+        help="tiny (CPU tests) or sd15 (real SD-1.5 sizes, random weights, for GPU benchmarks; ~4 GB)",
+    )
     a = ap.parse_args(argv)
     if a.size != "tiny":
         if not a.out:

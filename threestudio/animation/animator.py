@@ -1,4 +1,5 @@
 """Skinning a Gaussian avatar with a body template and rendering / exporting the posed frames."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,13 +32,16 @@ class GaussianAnimator:
     and smoothed over its nearest Gaussians; :meth:`pose` applies LBS to centres and rotations.
     """
 
-    def __init__(self, model: GaussianModel, template: BodyTemplate, smooth_k: int = 8, smooth_iters: int = 2,
-                 appearance=None):
+    def __init__(
+        self, model: GaussianModel, template: BodyTemplate, smooth_k: int = 8, smooth_iters: int = 2, appearance=None
+    ):
         self.model, self.template, self.appearance = model, template, appearance
         dev = model.means.device
         V, J = template.vertices.shape[0], template.joints.shape[0]
         W = torch.zeros(V, J).scatter_(1, template.skin_indices, template.skin_weights)
-        w, self.surface_distance = surface_skinning_weights(model.means.detach().cpu(), template.vertices, template.faces, W)
+        w, self.surface_distance = surface_skinning_weights(
+            model.means.detach().cpu(), template.vertices, template.faces, W
+        )
         if smooth_iters > 0 and model.num_points > smooth_k:
             w = smooth_weights(model.means.detach().cpu(), w, smooth_k, smooth_iters)
         self.weights = w.to(dev)
@@ -56,7 +60,9 @@ class GaussianAnimator:
         view-independent colour)."""
         if self.appearance is None:
             return None
-        spec = self.appearance.specular(posed.means, posed.rotations, posed.scales, self.model.spec_features.detach(), c2w)
+        spec = self.appearance.specular(
+            posed.means, posed.rotations, posed.scales, self.model.spec_features.detach(), c2w
+        )
         return posed.colors[None] + spec
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """``animation.py``: drive a Gaussian avatar with an AMASS motion (see :func:`main`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,26 @@ Writes an mp4 with --play (default <trial>/save/anim_<motion>.mp4), per-frame PL
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ply", required=True, help="avatar (standard 3DGS PLY, e.g. stage3/save/avatar.ply)")
-    ap.add_argument("--motion", required=True, help="AMASS-style .npz (SMPL-X poses [T,165]/[T,55,3] or SMPL-H [T,156])")
+    ap.add_argument(
+        "--motion", required=True, help="AMASS-style .npz (SMPL-X poses [T,165]/[T,55,3] or SMPL-H [T,156])"
+    )
     ap.add_argument("--play", action="store_true", help="render the motion to an mp4")
     ap.add_argument("--rotate", action="store_true", help="orbit the camera once while playing")
     ap.add_argument("--gui", action="store_true", help="start the web viewer (viser)")
     ap.add_argument("--port", type=int, default=8080, help="web viewer port (127.0.0.1)")
-    ap.add_argument("--out", default=None,
-                    help="output mp4 path, or an existing folder (or one ending in /) for <folder>/anim_<motion>.mp4")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="output mp4 path, or an existing folder (or one ending in /) for <folder>/anim_<motion>.mp4",
+    )
     ap.add_argument("--fps", type=float, default=30.0, help="output frame rate; the motion is resampled to it")
     ap.add_argument("--resolution", type=int, default=512, help="video size in pixels (square)")
-    ap.add_argument("--template", default="auto",
-                    help="body template the avatar was made on: auto (from the avatar's trial directory), anny, "
-                         "smplx, or a template .npz")
+    ap.add_argument(
+        "--template",
+        default="auto",
+        help="body template the avatar was made on: auto (from the avatar's trial directory), anny, "
+        "smplx, or a template .npz",
+    )
     ap.add_argument("--export-ply", default=None, metavar="DIR", help="write every posed frame as DIR/frame_NNNNN.ply")
     ap.add_argument("--max-frames", type=int, default=0, help="use at most this many frames (0 = all)")
     ap.add_argument("--no-follow", action="store_true", help="keep the camera fixed instead of following the body")
@@ -41,9 +50,9 @@ def parse_args(argv=None):
 def resolve_template(ply: Path, spec: str):
     """Body template of an avatar: explicit (.npz / plugin kind) or found through the manifests of the
     avatar's trial directory (stage 3 -> stage 2 -> stage 1 config); anny if nothing says otherwise."""
-    import threestudio
     from omegaconf import OmegaConf
 
+    import threestudio
     from threestudio.models.body.template import BodyTemplate
     from threestudio.utils.errors import UserError
 
@@ -101,7 +110,7 @@ def run(a) -> int:
     import threestudio
     from threestudio.animation.animator import GaussianAnimator
     from threestudio.animation.motion import load_motion, retarget
-    from threestudio.data.human_cameras import make_cameras
+    from threestudio.ops.camera import orbit_cameras
     from threestudio.utils.errors import UserError
     from threestudio.utils.io import save_video
     from threestudio.utils.ply import read_gaussian_ply
@@ -117,10 +126,14 @@ def run(a) -> int:
 
         n = a.max_frames
         motion = Motion(motion.global_orient[:n], motion.body_pose[:n], motion.trans[:n], motion.fps)
-    dev = torch.device("cuda" if (a.device == "auto" and torch.cuda.is_available()) else (a.device if a.device != "auto" else "cpu"))
-    from threestudio.systems.base import load_avatar
+    dev = torch.device(
+        "cuda" if (a.device == "auto" and torch.cuda.is_available()) else (a.device if a.device != "auto" else "cpu")
+    )
+    from threestudio.data.handoff import load_avatar
 
-    model, appearance = load_avatar(ply, "body-gaussian-geometry", {})  # + highlights if avatar.specular.safetensors exists
+    model, appearance = load_avatar(
+        ply, "body-gaussian-geometry", {}
+    )  # + highlights if avatar.specular.safetensors exists
     model.to(dev)
     if appearance is not None:
         appearance.to(dev)
@@ -135,12 +148,14 @@ def run(a) -> int:
         print(f"wrote {T} posed PLY frames to {a.export_ply}")
     if a.play:
         renderer = threestudio.find("gsplat-renderer" if dev.type == "cuda" else "torch-splat-renderer")({})
-        root = G[:, 0, :3, 3] + torch.einsum("tab,b->ta", G[:, 0, :3, :3], template.joints[0].to(G))  # root joint position
+        root = G[:, 0, :3, 3] + torch.einsum(
+            "tab,b->ta", G[:, 0, :3, :3], template.joints[0].to(G)
+        )  # root joint position
         frames = []
         for i in range(T):
             az = 90.0 + (360.0 * i / T if a.rotate else 0.0)
             cz = 0.0
-            cam = make_cameras([az], 5.0, 2.5, 50.0, a.resolution, a.resolution, cz, "body")
+            cam = orbit_cameras([az], 5.0, 2.5, 50.0, a.resolution, a.resolution, cz, "body")
             if not a.no_follow:
                 shift = torch.zeros(1, 4, 4)
                 shift[0, :2, 3] = root[i, :2].cpu()

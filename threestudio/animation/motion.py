@@ -5,6 +5,7 @@ Accepted ``.npz`` (AMASS conventions): ``poses`` [T, 165] / [T, 55, 3] (SMPL-X) 
 AMASS-X keys ``pose_body`` [T, 63] / [T, 21, 3] with an optional ``root_orient`` [T, 3]; optional
 ``trans`` [T, 3] (metres), ``mocap_framerate`` (or ``mocap_frame_rate``; default 30).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,24 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from threestudio.models.body.smplx_joints import ANNY_JOINT_MAP, SMPLX_NATIVE_TO_WORLD, SMPLX_PARENTS
 from threestudio.models.body.template import BODY_HEIGHT, BodyTemplate
 from threestudio.ops.lbs import axis_angle_to_matrix
 from threestudio.utils.errors import UserError
 
-# SMPL-X / SMPL-H parents of the 22 body joints (pelvis + 21)
-SMPLX_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
-SMPLX_BODY_NAMES = ("pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2", "left_ankle",
-                    "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar", "right_collar", "head",
-                    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist")
-# SMPL-X body joint -> anny bone (anatomical left = ".L")
-ANNY_JOINT_MAP = {
-    0: "root", 1: "upperleg01.L", 2: "upperleg01.R", 3: "spine05", 4: "lowerleg01.L", 5: "lowerleg01.R",
-    6: "spine03", 7: "foot.L", 8: "foot.R", 9: "spine02", 10: "toe1-1.L", 11: "toe1-1.R", 12: "neck01",
-    13: "clavicle.L", 14: "clavicle.R", 15: "head", 16: "upperarm01.L", 17: "upperarm01.R", 18: "lowerarm01.L",
-    19: "lowerarm01.R", 20: "wrist.L", 21: "wrist.R",
-}
-SMPLX_NATIVE_TO_WORLD = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
-"""SMPL-X canonical frame (y up, facing +z) -> template frame (z up, facing +y); a proper rotation."""
 SMPLX_MEAN_HEIGHT = 1.70
 """Metres of an average SMPL-X body; motion translations are scaled by BODY_HEIGHT / this."""
 
@@ -68,30 +56,46 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
         why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
         raise UserError(f"cannot read motion {path}: {why} (expected an AMASS-style .npz)") from None
     if "poses" not in files and "pose_body" not in files:
-        raise UserError(f"motion {path} has no 'poses' array (keys: {sorted(files)}); expected AMASS SMPL-X "
-                        "'poses' [T,165] or [T,55,3], SMPL-H [T,156], or 'pose_body' [T,63] (+ 'root_orient')")
+        raise UserError(
+            f"motion {path} has no 'poses' array (keys: {sorted(files)}); expected AMASS SMPL-X "
+            "'poses' [T,165] or [T,55,3], SMPL-H [T,156], or 'pose_body' [T,63] (+ 'root_orient')"
+        )
     if "poses" in files:
         poses = np.asarray(z["poses"], dtype=np.float64)
     else:  # split keys: body pose [+ root orientation], padded to the SMPL-X layout
         body = np.asarray(z["pose_body"], dtype=np.float64)
         Tb = body.shape[0] if body.ndim >= 1 else 0
         if Tb and body.reshape(Tb, -1).shape[1] != 63:
-            raise UserError(f"motion {path}: 'pose_body' has {body.reshape(Tb, -1).shape[1] // 3} joints per frame; expected 21")
-        root = np.asarray(z["root_orient"], dtype=np.float64).reshape(Tb, 3) if "root_orient" in files else np.zeros((Tb, 3))
+            raise UserError(
+                f"motion {path}: 'pose_body' has {body.reshape(Tb, -1).shape[1] // 3} joints per frame; expected 21"
+            )
+        root = (
+            np.asarray(z["root_orient"], dtype=np.float64).reshape(Tb, 3)
+            if "root_orient" in files
+            else np.zeros((Tb, 3))
+        )
         poses = np.concatenate([root, body.reshape(Tb, 63), np.zeros((Tb, 99))], 1) if Tb else np.zeros((0, 165))
     T = poses.shape[0] if poses.ndim >= 1 else 0
     if T == 0:
         raise UserError(f"motion {path} has zero frames")
     flat = poses.reshape(T, -1)
     if flat.shape[1] not in (165, 156):
-        raise UserError(f"motion {path}: 'poses' has {flat.shape[1] // 3 if flat.shape[1] % 3 == 0 else flat.shape[1]} "
-                        "joints per frame; expected 55 (SMPL-X, [T,165]) or 52 (SMPL-H, [T,156])")
+        raise UserError(
+            f"motion {path}: 'poses' has {flat.shape[1] // 3 if flat.shape[1] % 3 == 0 else flat.shape[1]} "
+            "joints per frame; expected 55 (SMPL-X, [T,165]) or 52 (SMPL-H, [T,156])"
+        )
     trans = np.asarray(z["trans"], dtype=np.float64) if "trans" in files else np.zeros((T, 3))
     if trans.shape != (T, 3):
         raise UserError(f"motion {path}: 'trans' has shape {trans.shape}, expected ({T}, 3)")
     if not (np.isfinite(flat).all() and np.isfinite(trans).all()):
         raise UserError(f"motion {path} contains NaN or infinite values")
-    rate = float(z["mocap_framerate"]) if "mocap_framerate" in files else float(z["mocap_frame_rate"]) if "mocap_frame_rate" in files else 30.0
+    rate = (
+        float(z["mocap_framerate"])
+        if "mocap_framerate" in files
+        else float(z["mocap_frame_rate"])
+        if "mocap_frame_rate" in files
+        else 30.0
+    )
     aa = torch.from_numpy(flat[:, :66].reshape(T, 22, 3))
     m = Motion(aa[:, 0].float(), aa[:, 1:].float(), torch.from_numpy(trans).float(), rate)
     return resample(m, fps) if fps and abs(fps - rate) > 1e-6 else m

@@ -1,5 +1,6 @@
 """Web viewer (viser) for an animated avatar: play/pause and a frame slider, the skinned splats
 rendered in the browser. Listens on 127.0.0.1 by default (open http://127.0.0.1:<port>)."""
+
 from __future__ import annotations
 
 import threading
@@ -7,9 +8,9 @@ import time
 
 import torch
 
+from threestudio.ops.camera import orbit_cameras
 from threestudio.ops.gaussians import covariance_3d
 from threestudio.utils.errors import UserError
-
 
 _FRONT = None
 
@@ -22,16 +23,24 @@ def _arrays(posed, animator=None):
     rgb = posed.colors
     if animator is not None and animator.appearance is not None:
         if _FRONT is None:
-            from threestudio.data.human_cameras import make_cameras
-
-            _FRONT = make_cameras([90.0], 5.0, 2.5, 50.0, 8, 8, 0.0, "body").c2w
+            _FRONT = orbit_cameras([90.0], 5.0, 2.5, 50.0, 8, 8, 0.0, "body").c2w
         rgb = animator.colors(posed, _FRONT.to(posed.means))[0]
-    return (posed.means.float().cpu().numpy(), cov.float().cpu().numpy(), rgb.clamp(0, 1).float().cpu().numpy(),
-            posed.opacities.float().cpu().numpy()[:, None])
+    return (
+        posed.means.float().cpu().numpy(),
+        cov.float().cpu().numpy(),
+        rgb.clamp(0, 1).float().cpu().numpy(),
+        posed.opacities.float().cpu().numpy()[:, None],
+    )
 
 
-def serve(animator, transforms: torch.Tensor, fps: float, host: str = "127.0.0.1", port: int = 8080,
-          stop: threading.Event | None = None):
+def serve(
+    animator,
+    transforms: torch.Tensor,
+    fps: float,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    stop: threading.Event | None = None,
+):
     """Start the viewer and play until ``stop`` is set (Ctrl-C in the CLI).
 
     Raises:
@@ -77,4 +86,3 @@ def serve(animator, transforms: torch.Tensor, fps: float, host: str = "127.0.0.1
     finally:
         server.stop()
     return server
-

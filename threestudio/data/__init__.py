@@ -1,3 +1,3 @@
-"""Camera data: the ``Cameras`` batch type, human camera samplers, refined-view targets."""
+"""Camera data (random human cameras, refined-view targets), the stage hand-off files, synthetic avatars."""
+
 from threestudio.data import human_cameras, refined_views  # noqa: F401
-from threestudio.data.cameras import Cameras  # noqa: F401

@@ -1,5 +1,6 @@
 """Camera samplers for human avatars (method §3): random training views with full-body, head and
 back close-ups and their step windows; fixed validation views; turntable rings."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,69 +10,69 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import threestudio
-from threestudio.data.cameras import Cameras
-from threestudio.ops.camera import orbit_c2w, stratified_azimuths
+from threestudio.ops.camera import Cameras, orbit_cameras, ring_cameras, stratified_azimuths
 from threestudio.utils.config import parse_structured
 
 
 @dataclass
 class HumanCameraConfig:
     batch_size: int = 4
+    """Views per training step (method §3.2: 4)."""
     height: int = 1024
-    """Training render size (method §3.2)."""
+    """Training render height in pixels (method §3.2)."""
     width: int = 1024
+    """Training render width in pixels."""
     eval_height: int = 1024
+    """Validation / turntable render height in pixels."""
     eval_width: int = 1024
+    """Validation / turntable render width in pixels."""
     elevation_range: list = field(default_factory=lambda: [-30.0, 30.0])
+    """Full-body camera elevation range, degrees."""
     azimuth_range: list = field(default_factory=lambda: [-180.0, 180.0])
+    """Full-body camera azimuth range, degrees (stratified over the batch; +90 = front)."""
     camera_distance_range: list = field(default_factory=lambda: [1.3, 1.7])
+    """Full-body camera distance range, world units."""
     fovy_range: list = field(default_factory=lambda: [40.0, 70.0])
-    """Degrees."""
+    """Vertical field-of-view range, degrees."""
     head_prob: float = 0.25
+    """Probability of a head close-up batch inside ``head_steps``."""
     head_camera_distance_range: list = field(default_factory=lambda: [0.4, 0.6])
+    """Head close-up camera distance range, world units."""
     head_azimuth_range: list = field(default_factory=lambda: [0.0, 180.0])
-    """Front half (front view at +90°)."""
+    """Head close-up azimuth range, degrees: the front half (front view at +90°)."""
     head_offset: float = 0.65
-    """z of the head centre in the template frame (anny: 0.656)."""
+    """z of the head centre in the template frame, world units (anny: 0.656)."""
     head_steps: list = field(default_factory=lambda: [1200, 3600])
     """Head close-ups are sampled only for steps in this closed window."""
     back_prob: float = 0.2
+    """Probability of a back-of-head close-up batch inside ``back_steps``."""
     back_camera_distance_range: list = field(default_factory=lambda: [0.6, 0.8])
+    """Back close-up camera distance range, world units."""
     back_azimuth_range: list = field(default_factory=lambda: [-180.0, 0.0])
+    """Back close-up azimuth range, degrees: the back half."""
     back_offset: float = 0.65
+    """z of the back close-ups' look-at point, world units."""
     back_steps: list = field(default_factory=lambda: [1200, 3600])
+    """Back close-ups are sampled only for steps in this closed window."""
     eval_camera_distance: float = 1.8
+    """Validation / turntable camera distance, world units."""
     eval_elevation_deg: float = 5.0
+    """Validation / turntable camera elevation, degrees."""
     eval_fovy_deg: float = 70.0
+    """Validation / turntable vertical field of view, degrees."""
     eval_head_distance: float = 0.6
+    """Distance of the validation head close-ups, world units."""
     n_val_views: int = 8
     """Validation: this many full-body azimuths plus the same as head close-ups."""
     n_test_views: int = 120
     """Turntable frames of the test video."""
     seed: int = 0
+    """Seed of the camera sampler."""
 
 
 def _u(lo_hi, n: int, g: torch.Generator) -> torch.Tensor:
     lo, hi = float(lo_hi[0]), float(lo_hi[1])
     return lo + torch.rand(n, generator=g) * (hi - lo)
-
-
-def make_cameras(azimuth, elevation, distance, fovy_deg, height, width, center_z: float, mode: str) -> Cameras:
-    """Orbit cameras around (0, 0, center_z)."""
-    az = torch.as_tensor(azimuth, dtype=torch.float32).reshape(-1)
-    B = az.shape[0]
-    el = torch.as_tensor(elevation, dtype=torch.float32).expand(B).clone()
-    d = torch.as_tensor(distance, dtype=torch.float32).expand(B).clone()
-    fov = torch.deg2rad(torch.as_tensor(fovy_deg, dtype=torch.float32).expand(B).clone())
-    center = torch.tensor([0.0, 0.0, center_z]).repeat(B, 1)
-    return Cameras(orbit_c2w(el, az, d, center), fov, height, width, az, el, d, center, mode)
-
-
-def ring_cameras(n: int, elevation: float, distance: float, fovy_deg: float, size: int, center_z: float = 0.0,
-                 start_azimuth: float = -180.0, mode: str = "body") -> Cameras:
-    """n views evenly spaced in azimuth from ``start_azimuth`` (method §3.4 ring: -180 + 360 i / n)."""
-    az = start_azimuth + 360.0 * torch.arange(n) / n
-    return make_cameras(az, elevation, distance, fovy_deg, size, size, center_z, mode)
 
 
 class RandomHumanCameras(IterableDataset):
@@ -80,23 +81,31 @@ class RandomHumanCameras(IterableDataset):
     def __init__(self, cfg: HumanCameraConfig):
         self.cfg = cfg
         self.step = 0
-        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def update_step(self, step: int) -> None:
         self.step = step
 
     def sample(self, step: int | None = None) -> Cameras:
         c, B, s = self.cfg, self.cfg.batch_size, self.step if step is None else step
-        r = float(torch.rand(1, generator=self.g))
+        r = float(torch.rand(1, generator=self.generator))
         if c.head_steps[0] <= s <= c.head_steps[1] and r < c.head_prob:
             mode, d_rng, a_rng, cz = "head", c.head_camera_distance_range, c.head_azimuth_range, c.head_offset
-        elif c.back_steps[0] <= s <= c.back_steps[1] and float(torch.rand(1, generator=self.g)) < c.back_prob:
+        elif c.back_steps[0] <= s <= c.back_steps[1] and float(torch.rand(1, generator=self.generator)) < c.back_prob:
             mode, d_rng, a_rng, cz = "back", c.back_camera_distance_range, c.back_azimuth_range, c.back_offset
         else:
             mode, d_rng, a_rng, cz = "body", c.camera_distance_range, c.azimuth_range, 0.0
-        az = stratified_azimuths(B, float(a_rng[0]), float(a_rng[1]), self.g)
-        return make_cameras(az, _u(c.elevation_range, B, self.g), _u(d_rng, B, self.g), _u(c.fovy_range, B, self.g),
-                            c.height, c.width, cz, mode)
+        az = stratified_azimuths(B, float(a_rng[0]), float(a_rng[1]), self.generator)
+        return orbit_cameras(
+            az,
+            _u(c.elevation_range, B, self.generator),
+            _u(d_rng, B, self.generator),
+            _u(c.fovy_range, B, self.generator),
+            c.height,
+            c.width,
+            cz,
+            mode,
+        )
 
     def __iter__(self):
         while True:
@@ -119,15 +128,32 @@ class FixedCameras(Dataset):
 def validation_cameras(c: HumanCameraConfig) -> Cameras:
     n = c.n_val_views
     az = -180.0 + 360.0 * torch.arange(n) / n
-    body = make_cameras(az, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg, c.eval_height, c.eval_width, 0.0, "body")
-    head = make_cameras(az, c.eval_elevation_deg, c.eval_head_distance, c.eval_fovy_deg, c.eval_height, c.eval_width, c.head_offset, "head")
+    body = orbit_cameras(
+        az, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg, c.eval_height, c.eval_width, 0.0, "body"
+    )
+    head = orbit_cameras(
+        az,
+        c.eval_elevation_deg,
+        c.eval_head_distance,
+        c.eval_fovy_deg,
+        c.eval_height,
+        c.eval_width,
+        c.head_offset,
+        "head",
+    )
     return Cameras.cat([body, head])
 
 
 def turntable_cameras(c: HumanCameraConfig) -> Cameras:
     """Test turntable starting at the front view (azimuth +90°), one full turn."""
-    return ring_cameras(c.n_test_views, c.eval_elevation_deg, c.eval_camera_distance, c.eval_fovy_deg,
-                        c.eval_height, start_azimuth=90.0)
+    return ring_cameras(
+        c.n_test_views,
+        c.eval_elevation_deg,
+        c.eval_camera_distance,
+        c.eval_fovy_deg,
+        c.eval_height,
+        start_azimuth_deg=90.0,
+    )
 
 
 def _identity(x):
@@ -136,11 +162,15 @@ def _identity(x):
 
 @threestudio.register("human-camera-datamodule")
 class HumanCameraDataModule(pl.LightningDataModule):
-    Config = HumanCameraConfig
+    """Stage-1 data: random human cameras for training, fixed validation views, the test turntable."""
+
+    @dataclass
+    class Config(HumanCameraConfig):
+        pass
 
     def __init__(self, cfg: dict | None = None):
         super().__init__()
-        self.cfg = parse_structured(HumanCameraConfig, cfg)
+        self.cfg = parse_structured(self.Config, cfg, "data")
         self.train_dataset = RandomHumanCameras(self.cfg)
 
     def train_dataloader(self):
@@ -154,4 +184,3 @@ class HumanCameraDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self):
         return self.test_dataloader()
-

@@ -1,9 +1,10 @@
 """Stage-3 data: the refined ring views of a stage-2 trial directory as training targets, plus the
 validation / turntable cameras of the human camera module."""
+
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
@@ -11,10 +12,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 import threestudio
-from threestudio.data.cameras import Cameras
-from threestudio.data.human_cameras import FixedCameras, HumanCameraConfig, _identity, turntable_cameras, validation_cameras
-from threestudio.systems.stages import read_stage
+from threestudio.data.handoff import cameras_of, read_stage, read_view_records
+from threestudio.data.human_cameras import (
+    FixedCameras,
+    HumanCameraConfig,
+    _identity,
+    turntable_cameras,
+    validation_cameras,
+)
+from threestudio.ops.camera import Cameras
 from threestudio.utils.config import parse_structured
+from threestudio.utils.typing import Float, Int, Tensor
 
 
 @dataclass
@@ -22,11 +30,11 @@ class TargetBatch:
     """``cams`` (B views), ``images`` [B, H, W, 3] targets in [0, 1], ``bbox`` [B, 4] int loss boxes."""
 
     cams: Cameras
-    images: torch.Tensor
-    bbox: torch.Tensor
-    index: torch.Tensor
+    images: Float[Tensor, "B H W 3"]
+    bbox: Int[Tensor, "B 4"]
+    index: Int[Tensor, " B"]
 
-    def to(self, device) -> "TargetBatch":
+    def to(self, device) -> TargetBatch:
         return TargetBatch(self.cams.to(device), self.images.to(device), self.bbox, self.index)
 
     def __len__(self) -> int:
@@ -38,41 +46,42 @@ def load_refined_views(trial_dir: str) -> tuple[Cameras, torch.Tensor, torch.Ten
     import imageio.v3 as iio
 
     man = read_stage(trial_dir, "refine", ("cameras",))
-    views = json.loads((__import__("pathlib").Path(man["trial_dir"]) / man["cameras"]).read_text())
-    imgs = [torch.from_numpy(np.asarray(iio.imread(f"{man['trial_dir']}/{v['refined']}"))[..., :3].copy()).float() / 255 for v in views]
-    f = lambda k: torch.tensor([v[k] for v in views], dtype=torch.float32)  # noqa: E731
-    cams = Cameras(torch.tensor([v["c2w"] for v in views]), torch.deg2rad(f("fovy_deg")), int(views[0]["height"]),
-                   int(views[0]["width"]), f("azimuth"), f("elevation"), f("distance"), torch.zeros(len(views), 3), "body")
-    return cams, torch.stack(imgs), torch.tensor([v["bbox"] for v in views], dtype=torch.long)
+    views = read_view_records(Path(man["trial_dir"]) / man["cameras"])
+    imgs = [
+        torch.from_numpy(np.asarray(iio.imread(Path(man["trial_dir"]) / v.refined))[..., :3].copy()).float() / 255
+        for v in views
+    ]
+    return cameras_of(views), torch.stack(imgs), torch.tensor([v.bbox for v in views], dtype=torch.long)
 
 
 class RandomTargets(IterableDataset):
-    def __init__(self, cams, images, bbox, batch: int, seed: int):
+    """Infinite stream of :class:`TargetBatch` es of ``batch`` distinct random views (method §8)."""
+
+    def __init__(self, cams: Cameras, images: Tensor, bbox: Tensor, batch: int, seed: int):
         self.cams, self.images, self.bbox, self.batch = cams, images, bbox, batch
-        self.g = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
         n = len(self.cams)
         while True:
-            idx = torch.randperm(n, generator=self.g)[: min(self.batch, n)]
+            idx = torch.randperm(n, generator=self.generator)[: min(self.batch, n)]
             yield TargetBatch(self.cams[idx], self.images[idx], self.bbox[idx], idx)
-
-
-@dataclass
-class RefinedViewsConfig(HumanCameraConfig):
-    init_from: str = "???"
-    """Trial directory of a finished refine (stage 2) run."""
-    batch_views: int = 4
-    """Refined views per step (method §8: 4 of 32)."""
 
 
 @threestudio.register("refined-views-datamodule")
 class RefinedViewsDataModule(pl.LightningDataModule):
-    Config = RefinedViewsConfig
+    """Stage-3 data: random batches of refined views; validation and turntable cameras as in stage 1."""
+
+    @dataclass
+    class Config(HumanCameraConfig):
+        init_from: str = "???"
+        """Trial directory of a finished refine (stage 2) run."""
+        batch_views: int = 4
+        """Refined views per step (method §8: 4 of 32)."""
 
     def __init__(self, cfg: dict | None = None):
         super().__init__()
-        self.cfg = parse_structured(RefinedViewsConfig, cfg)
+        self.cfg = parse_structured(self.Config, cfg, "data")
         self._data = None
 
     def _load(self):
@@ -82,8 +91,11 @@ class RefinedViewsDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         cams, images, bbox = self._load()
-        return DataLoader(RandomTargets(cams, images, bbox, self.cfg.batch_views, self.cfg.seed), batch_size=None,
-                          collate_fn=_identity)
+        return DataLoader(
+            RandomTargets(cams, images, bbox, self.cfg.batch_views, self.cfg.seed),
+            batch_size=None,
+            collate_fn=_identity,
+        )
 
     def val_dataloader(self):
         return DataLoader(FixedCameras(validation_cameras(self.cfg)), batch_size=None, collate_fn=_identity)

@@ -9,6 +9,7 @@ frame around the reflection direction itself (``r·μ = cos θ`` for every view)
 the normal, evaluated at the reflection about that same normal, only sees ``r·n = v·n``, so reflecting
 changes nothing. Also :func:`blinn_phong`, an independent shading model for known-answer benchmarks.
 """
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,9 @@ def facing_frames(n: Tensor, t1: Tensor, t2: Tensor, view: Float[Tensor, "B N 3"
     return n[None] * s, t1[None] * s, t2[None].expand_as(view)
 
 
-def lobe_frames(n: Tensor, t1: Tensor, t2: Tensor, axis_local: Float[Tensor, "N L 3"],
-                twist: Float[Tensor, "N L"]) -> tuple[Tensor, Tensor, Tensor]:
+def lobe_frames(
+    n: Tensor, t1: Tensor, t2: Tensor, axis_local: Float[Tensor, "N L 3"], twist: Float[Tensor, "N L"]
+) -> tuple[Tensor, Tensor, Tensor]:
     """World lobe frames from lobe axes given in the local frame ``[t1, t2, n]``.
 
     Args:
@@ -77,13 +79,14 @@ def camera_directions(means: Float[Tensor, "N 3"], c2w: Float[Tensor, "B 4 4"]) 
     return F.normalize(c2w[:, None, :3, 3] - means[None], dim=-1)
 
 
-def blinn_phong(n: Float[Tensor, "B N 3"], v: Float[Tensor, "B N 3"], lights: Float[Tensor, "K 3"],
-                shininess: float) -> Float[Tensor, "B N"]:
+def blinn_phong(
+    n: Float[Tensor, "B N 3"], v: Float[Tensor, "B N 3"], lights: Float[Tensor, "K 3"], shininess: float
+) -> Float[Tensor, "B N"]:
     """Blinn–Phong specular term (Blinn 1977) summed over directional lights:
     ``Σ_k [n·l_k > 0] max(n·h_k, 0)^p`` with ``h_k = normalize(l_k + v)``; unit normals ``n``, unit
     directions to the camera ``v`` and to the lights ``lights`` (world frame)."""
-    l = F.normalize(lights, dim=-1)[None, None]  # 1 1 K 3
-    h = F.normalize(l + v[:, :, None], dim=-1)
+    light = F.normalize(lights, dim=-1)[None, None]  # 1 1 K 3
+    h = F.normalize(light + v[:, :, None], dim=-1)
     nh = (n[:, :, None] * h).sum(-1).clamp_min(0)
-    lit = (n[:, :, None] * l).sum(-1) > 0
-    return (nh ** shininess * lit).sum(-1)
+    lit = (n[:, :, None] * light).sum(-1) > 0
+    return (nh**shininess * lit).sum(-1)

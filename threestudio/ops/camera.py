@@ -6,7 +6,10 @@ a = -90° the back view, a = 0° looks at the person's right side (+x), a = ±18
 ``c2w`` matrices are OpenGL (columns: right, up, backward; camera looks along -z). The renderers
 use OpenCV ``w2c`` (x right, y down, z forward); :func:`c2w_gl_to_w2c_cv` converts.
 """
+
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +18,13 @@ from threestudio.utils.typing import Float, Tensor
 
 
 def spherical_to_position(
-    elevation_deg: Float[Tensor, "B"], azimuth_deg: Float[Tensor, "B"], distance: Float[Tensor, "B"]
+    elevation_deg: Float[Tensor, " B"], azimuth_deg: Float[Tensor, " B"], distance: Float[Tensor, " B"]
 ) -> Float[Tensor, "B 3"]:
     e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
-    return torch.stack([distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a),
-                        distance * torch.sin(e)], dim=-1)
+    return torch.stack(
+        [distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a), distance * torch.sin(e)],
+        dim=-1,
+    )
 
 
 def look_at_c2w(position: Float[Tensor, "B 3"], center: Float[Tensor, "B 3"]) -> Float[Tensor, "B 4 4"]:
@@ -55,7 +60,7 @@ def c2w_gl_to_w2c_cv(c2w: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B 4 4"]:
     return w2c
 
 
-def intrinsics(fovy: Float[Tensor, "B"], height: int, width: int) -> Float[Tensor, "B 3 3"]:
+def intrinsics(fovy: Float[Tensor, " B"], height: int, width: int) -> Float[Tensor, "B 3 3"]:
     """Pinhole K with square pixels from the vertical field of view (radians), principal point at the
     image centre."""
     f = height / (2.0 * torch.tan(fovy / 2.0))
@@ -77,13 +82,101 @@ def project_points(
 
 def stratified_azimuths(
     batch: int, lo: float, hi: float, generator: torch.Generator | None = None
-) -> Float[Tensor, "B"]:
+) -> Float[Tensor, " B"]:
     """``a_i = lo + (u_i + i) / B (hi - lo)`` with u_i ~ U[0,1) (method §3.2)."""
     u = torch.rand(batch, generator=generator)
     return lo + (u + torch.arange(batch)) / batch * (hi - lo)
 
 
-def wrap_degrees(a: Tensor) -> Tensor:
-    """Wrap angles to (-180, 180]."""
-    return -((-a + 180.0) % 360.0 - 180.0)
+def wrap_degrees(a: float) -> float:
+    """Wrap an angle in degrees to (-180, 180]."""
+    return -((-float(a) + 180.0) % 360.0 - 180.0)
 
+
+_PER_VIEW = ("c2w", "fovy_rad", "azimuth_deg", "elevation_deg", "distance", "center")
+
+
+@dataclass
+class Cameras:
+    """B pinhole cameras of one resolution: the batch type shared by data, renderers, OpenPose drawing
+    and prompts (pure data: no I/O, no plugin).
+
+    Attributes:
+        c2w: [B, 4, 4] OpenGL camera-to-world (world frame of ``models/body/template.py``).
+        fovy_rad: [B] vertical field of view, radians.
+        height, width: image size in pixels.
+        azimuth_deg, elevation_deg: [B] degrees (method §3.1 convention: +90 = front).
+        distance: [B] camera distance to ``center`` (world units).
+        center: [B, 3] look-at point (origin for full body, head/back offset for close-ups).
+        mode: ``"body"``, ``"head"`` or ``"back"`` (close-up kind; same for the whole batch).
+    """
+
+    c2w: Float[Tensor, "B 4 4"]
+    fovy_rad: Float[Tensor, " B"]
+    height: int
+    width: int
+    azimuth_deg: Float[Tensor, " B"]
+    elevation_deg: Float[Tensor, " B"]
+    distance: Float[Tensor, " B"]
+    center: Float[Tensor, "B 3"]
+    mode: str = "body"
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def w2c(self) -> Float[Tensor, "B 4 4"]:
+        """OpenCV world-to-camera."""
+        return c2w_gl_to_w2c_cv(self.c2w)
+
+    @property
+    def K(self) -> Float[Tensor, "B 3 3"]:
+        """Pinhole intrinsics in pixels (:func:`intrinsics`)."""
+        return intrinsics(self.fovy_rad, self.height, self.width)
+
+    def to(self, device) -> Cameras:
+        return replace(self, **{k: getattr(self, k).to(device) for k in _PER_VIEW})
+
+    def resized(self, height: int, width: int) -> Cameras:
+        """Same views at another resolution (the field of view is kept)."""
+        return replace(self, height=height, width=width)
+
+    def __getitem__(self, idx) -> Cameras:
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return replace(self, **{k: getattr(self, k)[idx] for k in _PER_VIEW})
+
+    @staticmethod
+    def cat(cams: list[Cameras]) -> Cameras:
+        """Concatenate batches of one resolution and mode."""
+        return replace(cams[0], **{k: torch.cat([getattr(c, k) for c in cams]) for k in _PER_VIEW})
+
+
+def orbit_cameras(
+    azimuth_deg, elevation_deg, distance, fovy_deg, height: int, width: int, center_z: float, mode: str
+) -> Cameras:
+    """Cameras on spheres around (0, 0, ``center_z``) looking at it. ``azimuth_deg`` [B] (or a list);
+    ``elevation_deg``, ``distance`` (world units) and ``fovy_deg`` per view or one for all."""
+    az = torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1)
+    B = az.shape[0]
+    el = torch.as_tensor(elevation_deg, dtype=torch.float32).expand(B).clone()
+    d = torch.as_tensor(distance, dtype=torch.float32).expand(B).clone()
+    fov = torch.deg2rad(torch.as_tensor(fovy_deg, dtype=torch.float32).expand(B).clone())
+    center = torch.tensor([0.0, 0.0, center_z]).repeat(B, 1)
+    return Cameras(orbit_c2w(el, az, d, center), fov, height, width, az, el, d, center, mode)
+
+
+def ring_cameras(
+    n: int,
+    elevation_deg: float,
+    distance: float,
+    fovy_deg: float,
+    size: int,
+    center_z: float = 0.0,
+    start_azimuth_deg: float = -180.0,
+    mode: str = "body",
+) -> Cameras:
+    """n square views evenly spaced in azimuth from ``start_azimuth_deg`` (method §3.4 ring:
+    -180 + 360 i / n)."""
+    az = start_azimuth_deg + 360.0 * torch.arange(n) / n
+    return orbit_cameras(az, elevation_deg, distance, fovy_deg, size, size, center_z, mode)

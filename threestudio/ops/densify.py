@@ -3,6 +3,7 @@
 Everything works on dicts of raw Gaussian parameters (``means``, ``f_dc``, ``f_rest``,
 ``opacity_logit``, ``log_scales``, ``quats``), so the same ops serve any optimiser wrapper.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,7 @@ from threestudio.ops.gaussians import quat_to_rotmat
 from threestudio.utils.typing import Bool, Float, Tensor
 
 
-def ndc_grad_norm(
-    means2d_grad: Float[Tensor, "B N 2"], width: int, height: int
-) -> Float[Tensor, "N"]:
+def ndc_grad_norm(means2d_grad: Float[Tensor, "B N 2"], width: int, height: int) -> Float[Tensor, " N"]:
     """Norm of the view-summed screen-space mean gradient in NDC units (method §2.4).
 
     ``means2d_grad`` is dL/d(pixel position); NDC spans 2 over the image, so
@@ -28,16 +27,16 @@ def ndc_grad_norm(
 
 
 def densify_masks(
-    grad_mean: Float[Tensor, "N"], max_scale: Float[Tensor, "N"], grad_threshold: float, scale_threshold: float
-) -> tuple[Bool[Tensor, "N"], Bool[Tensor, "N"]]:
+    grad_mean: Float[Tensor, " N"], max_scale: Float[Tensor, " N"], grad_threshold: float, scale_threshold: float
+) -> tuple[Bool[Tensor, " N"], Bool[Tensor, " N"]]:
     """``(clone, split)``: large-gradient Gaussians that are small (clone) or large (split)."""
     hot = grad_mean >= grad_threshold
     return hot & (max_scale <= scale_threshold), hot & (max_scale > scale_threshold)
 
 
 def cap_growth(
-    grad_mean: Float[Tensor, "N"], clone: Bool[Tensor, "N"], split: Bool[Tensor, "N"], budget: int, n_split: int = 2
-) -> tuple[Bool[Tensor, "N"], Bool[Tensor, "N"]]:
+    grad_mean: Float[Tensor, " N"], clone: Bool[Tensor, " N"], split: Bool[Tensor, " N"], budget: int, n_split: int = 2
+) -> tuple[Bool[Tensor, " N"], Bool[Tensor, " N"]]:
     """Keep the clone/split candidates with the largest mean gradient such that the count grows by at
     most ``budget`` (a clone adds 1 Gaussian, a split ``n_split - 1``); none when ``budget <= 0``."""
     add = clone.long() + split.long() * (n_split - 1)
@@ -53,9 +52,7 @@ def cap_growth(
     return clone & sel, split & sel
 
 
-def split_children(
-    params: dict[str, Tensor], mask: Bool[Tensor, "N"], n_children: int = 2
-) -> dict[str, Tensor]:
+def split_children(params: dict[str, Tensor], mask: Bool[Tensor, " N"], n_children: int = 2) -> dict[str, Tensor]:
     """Children of the masked Gaussians: centres sampled from the parent's Gaussian, scales divided by
     ``0.8 * n_children`` (3DGS), all other attributes copied."""
     sel = {k: v[mask] for k, v in params.items()}
@@ -69,13 +66,13 @@ def split_children(
 
 
 def prune_mask(
-    opacity: Float[Tensor, "N"],
-    max_scale: Float[Tensor, "N"],
+    opacity: Float[Tensor, " N"],
+    max_scale: Float[Tensor, " N"],
     min_opacity: float,
     max_world_size: float | None = None,
-    max_radii2d: Float[Tensor, "N"] | None = None,
+    max_radii2d: Float[Tensor, " N"] | None = None,
     max_screen_size: float | None = None,
-) -> Bool[Tensor, "N"]:
+) -> Bool[Tensor, " N"]:
     """True for Gaussians to remove: transparent, too large in the world, or too large on screen."""
     m = opacity < min_opacity
     if max_world_size is not None:

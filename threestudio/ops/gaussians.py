@@ -5,9 +5,8 @@ front-to-back alpha compositing with the conventions of gsplat 1.x (pixel centre
 Frames: means in world coordinates; ``w2c`` is an OpenCV world-to-camera matrix (x right, y down,
 z forward); ``K`` the pinhole intrinsics in pixels.
 """
-from __future__ import annotations
 
-import math
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -80,9 +79,9 @@ def project_gaussians(
     tx = z_safe * torch.minimum(lim_xp, torch.maximum(-lim_xn, x / z_safe))
     ty = z_safe * torch.minimum(lim_yp, torch.maximum(-lim_yn, y / z_safe))
     zero = torch.zeros_like(z_safe)
-    J = torch.stack(
-        [fx / z_safe, zero, -fx * tx / z_safe**2, zero, fy / z_safe, -fy * ty / z_safe**2], dim=-1
-    ).reshape(*z.shape, 2, 3)
+    J = torch.stack([fx / z_safe, zero, -fx * tx / z_safe**2, zero, fy / z_safe, -fy * ty / z_safe**2], dim=-1).reshape(
+        *z.shape, 2, 3
+    )
     cov_cam = R[:, None] @ cov3d[None] @ R[:, None].transpose(-1, -2)  # B N 3 3
     cov2d = J @ cov_cam @ J.transpose(-1, -2)
     cov2d = cov2d + eps2d * torch.eye(2, device=means.device, dtype=means.dtype)
@@ -117,11 +116,14 @@ def gaussian_alpha(
     pix: Float[Tensor, "P 2"],
     means2d: Float[Tensor, "n 2"],
     conics: Float[Tensor, "n 3"],
-    opacities: Float[Tensor, "n"],
+    opacities: Float[Tensor, " n"],
 ) -> Float[Tensor, "P n"]:
     """Per-pixel alpha of each 2-D Gaussian: ``min(0.999, o·exp(-½ dᵀ Σ⁻¹ d))``, zero below 1/255."""
     d = means2d[None] - pix[:, None]  # P n 2
-    sigma = 0.5 * (conics[None, :, 0] * d[..., 0] ** 2 + conics[None, :, 2] * d[..., 1] ** 2) + conics[None, :, 1] * d[..., 0] * d[..., 1]
+    sigma = (
+        0.5 * (conics[None, :, 0] * d[..., 0] ** 2 + conics[None, :, 2] * d[..., 1] ** 2)
+        + conics[None, :, 1] * d[..., 0] * d[..., 1]
+    )
     alpha = (opacities[None] * torch.exp(-sigma)).clamp_max(0.999)
     valid = (sigma >= 0) & (alpha >= 1.0 / 255.0)
     return torch.where(valid, alpha, torch.zeros_like(alpha))
@@ -135,10 +137,3 @@ def knn_isotropic_log_scale(points: Float[Tensor, "N 3"], k: int = 3) -> Float[T
     d, _ = cKDTree(p).query(p, k=k + 1)
     msq = torch.from_numpy((d[:, 1:] ** 2).mean(1)).clamp_min(1e-7)
     return torch.log(torch.sqrt(msq)).float()[:, None].repeat(1, 3).to(points.device)
-
-
-def fov_to_focal(fov: Tensor | float, pixels: int) -> Tensor | float:
-    """Focal length in pixels from a field of view in radians."""
-    if torch.is_tensor(fov):
-        return pixels / (2.0 * torch.tan(fov / 2.0))
-    return pixels / (2.0 * math.tan(fov / 2.0))

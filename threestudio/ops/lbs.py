@@ -1,5 +1,6 @@
 """Linear blend skinning of Gaussians (fix of method §9 / §12.9: centres *and* rotations follow the
 bones, the canonical pose is exactly the training A-pose) and the geometry it needs."""
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,15 @@ def quat_multiply(a: Float[Tensor, "*N 4"], b: Float[Tensor, "*N 4"]) -> Float[T
     """Hamilton product of (w, x, y, z) quaternions: the rotation ``b`` then ``a``."""
     w1, x1, y1, z1 = a.unbind(-1)
     w2, x2, y2, z2 = b.unbind(-1)
-    return torch.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-                        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], -1)
+    return torch.stack(
+        [
+            w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2,
+            w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+            w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2,
+            w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2,
+        ],
+        -1,
+    )
 
 
 def closest_points_on_triangles(p: Float[Tensor, "N 3"], tri: Float[Tensor, "N M 3 3"]) -> tuple[Tensor, Tensor]:
@@ -48,7 +56,7 @@ def closest_points_on_triangles(p: Float[Tensor, "N 3"], tri: Float[Tensor, "N M
     cp = p - c
     d5, d6 = (ab * cp).sum(-1), (ac * cp).sum(-1)
     va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
-    denom = (va + vb + vc)
+    denom = va + vb + vc
     denom = torch.where(denom.abs() < 1e-20, torch.full_like(denom, 1e-20), denom)
     v, w = vb / denom, vc / denom
     bary = torch.stack([1 - v - w, v, w], -1)  # interior
@@ -74,9 +82,12 @@ def closest_points_on_triangles(p: Float[Tensor, "N 3"], tri: Float[Tensor, "N M
 
 
 def surface_skinning_weights(
-    points: Float[Tensor, "N 3"], vertices: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3"],
-    vertex_weights: Float[Tensor, "V J"], k_vertices: int = 8,
-) -> tuple[Float[Tensor, "N J"], Float[Tensor, "N"]]:
+    points: Float[Tensor, "N 3"],
+    vertices: Float[Tensor, "V 3"],
+    faces: Int[Tensor, "F 3"],
+    vertex_weights: Float[Tensor, "V J"],
+    k_vertices: int = 8,
+) -> tuple[Float[Tensor, "N J"], Float[Tensor, " N"]]:
     """Skinning weights of arbitrary points interpolated (barycentric) at their closest point on the
     mesh; candidates are the faces around the ``k_vertices`` nearest vertices.
 
@@ -107,8 +118,9 @@ def surface_skinning_weights(
     return w / w.sum(-1, keepdim=True).clamp_min(1e-12), d2[ar, best].sqrt()
 
 
-def smooth_weights(points: Float[Tensor, "N 3"], weights: Float[Tensor, "N J"], k: int = 8, iterations: int = 2,
-                   alpha: float = 0.5) -> Float[Tensor, "N J"]:
+def smooth_weights(
+    points: Float[Tensor, "N 3"], weights: Float[Tensor, "N J"], k: int = 8, iterations: int = 2, alpha: float = 0.5
+) -> Float[Tensor, "N J"]:
     """Blend each Gaussian's weights with the mean of its k nearest Gaussians (neighbours agree)."""
     from scipy.spatial import cKDTree
 
@@ -120,7 +132,9 @@ def smooth_weights(points: Float[Tensor, "N 3"], weights: Float[Tensor, "N J"], 
 
 
 def lbs_gaussians(
-    means: Float[Tensor, "N 3"], quats: Float[Tensor, "N 4"], weights: Float[Tensor, "N J"],
+    means: Float[Tensor, "N 3"],
+    quats: Float[Tensor, "N 4"],
+    weights: Float[Tensor, "N J"],
     transforms: Float[Tensor, "J 4 4"],
 ) -> tuple[Float[Tensor, "N 3"], Float[Tensor, "N 4"]]:
     """Linear blend skinning of Gaussian centres and rotations.

@@ -1,4 +1,5 @@
 """Photometric losses of stage 3 (method §8)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,12 @@ def alpha_bbox(alpha: Float[Tensor, "H W 1"], margin: float = 0.05, thr: float =
     if ys.numel() == 0:
         return [0, 0, W, H]
     mx, my = int(margin * W), int(margin * H)
-    return [max(int(xs.min()) - mx, 0), max(int(ys.min()) - my, 0), min(int(xs.max()) + 1 + mx, W),
-            min(int(ys.max()) + 1 + my, H)]
+    return [
+        max(int(xs.min()) - mx, 0),
+        max(int(ys.min()) - my, 0),
+        min(int(xs.max()) + 1 + mx, W),
+        min(int(ys.max()) + 1 + my, H),
+    ]
 
 
 def common_size_boxes(boxes: list[list[int]], width: int, height: int) -> list[list[int]]:
@@ -40,7 +45,7 @@ def crop_boxes(img: Float[Tensor, "B H W C"], boxes, scale: float = 1.0) -> Floa
 
     B, H, W = img.shape[:3]
     boxes = common_size_boxes([[int(v) for v in b] for b in boxes], W, H)
-    crops = torch.stack([img[i, b[1]:b[3], b[0]:b[2]] for i, b in enumerate(boxes)]).permute(0, 3, 1, 2)
+    crops = torch.stack([img[i, b[1] : b[3], b[0] : b[2]] for i, b in enumerate(boxes)]).permute(0, 3, 1, 2)
     if scale == 1.0:
         return crops
     size = (max(1, round(crops.shape[2] * scale)), max(1, round(crops.shape[3] * scale)))

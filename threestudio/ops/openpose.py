@@ -5,6 +5,7 @@ colour, the standard 18-colour palette), without controlnet-aux (and its torchvi
 Occlusion rules are geometric (camera depths of nose and ears), so they hold in any frame, and the
 head close-up keeps the shoulders, not the elbows (fix of method §12.8).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,12 @@ HEAD_CLOSEUP_KEYPOINTS = (0, 1, 2, 5, 14, 15, 16, 17)
 
 
 def keypoint_visibility(
-    uv: Float[Tensor, "B 18 2"], depth: Float[Tensor, "B 18"], width: int, height: int,
-    head_closeup: bool, ear_distance: float,
+    uv: Float[Tensor, "B 18 2"],
+    depth: Float[Tensor, "B 18"],
+    width: int,
+    height: int,
+    head_closeup: bool,
+    ear_distance: float,
 ) -> Bool[Tensor, "B 18"]:
     """Which keypoints an OpenPose detector would report for each view.
 
@@ -97,9 +102,13 @@ def draw_openpose(
 
 
 def skeleton_images(
-    keypoints: Float[Tensor, "18 3"], w2c: Float[Tensor, "B 4 4"], K: Float[Tensor, "B 3 3"],
-    width: int, height: int, head_closeup: bool,
-) -> tuple[Float[Tensor, "B H W 3"], Bool[Tensor, "B"]]:
+    keypoints: Float[Tensor, "18 3"],
+    w2c: Float[Tensor, "B 4 4"],
+    K: Float[Tensor, "B 3 3"],
+    width: int,
+    height: int,
+    head_closeup: bool,
+) -> tuple[Float[Tensor, "B H W 3"], Bool[Tensor, " B"]]:
     """Project world keypoints, apply the visibility rules and draw.
 
     Returns:

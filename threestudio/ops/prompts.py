@@ -4,14 +4,17 @@
 sees the person's right side, ±180° their left side (see ``ops/camera.py``). Close-ups are labelled
 as close-ups, not "overhead view" (fix of method §12.8).
 """
+
 from __future__ import annotations
+
+from threestudio.ops.camera import wrap_degrees
 
 DIRECTIONS = ("front", "right front", "right back", "back", "left back", "left front")
 
 
 def view_direction(azimuth_deg: float) -> str:
     """Direction label for an azimuth in degrees (any range)."""
-    a = -((-float(azimuth_deg) + 180.0) % 360.0 - 180.0)  # wrap to (-180, 180]
+    a = wrap_degrees(azimuth_deg)
     if 45.0 < a < 135.0:
         return "front"
     if -135.0 < a < -45.0:
@@ -58,7 +61,7 @@ def refine_suffix(kind: str, azimuth_deg: float) -> str:
     Raises:
         ValueError: unknown ``kind``.
     """
-    a = -((-float(azimuth_deg) + 180.0) % 360.0 - 180.0)  # wrap to (-180, 180]
+    a = wrap_degrees(azimuth_deg)
     if kind == "between":
         return ""
     if kind == "key":

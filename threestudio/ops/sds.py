@@ -10,6 +10,7 @@
   reference clipped along the latent width: method §12.7).
 * :func:`sds_loss`: a loss whose gradient w.r.t. the latents is ``g / B``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,11 +34,15 @@ def dual_gaussian_pdf(T: float, s1: float, s2: float, max_t: int = 800) -> np.nd
 
 
 def window_masses(w: np.ndarray, edges=AHDS_EDGES) -> np.ndarray:
-    return np.array([w[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
+    return np.array([w[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])
 
 
-def fit_ahds_prior(targets=AHDS_TARGET_MASSES, edges=AHDS_EDGES, init=(260.0, 60.0, 280.0),
-                   bounds=((200.0, 400.0), (20.0, 100.0), (100.0, 300.0))) -> tuple[float, float, float]:
+def fit_ahds_prior(
+    targets=AHDS_TARGET_MASSES,
+    edges=AHDS_EDGES,
+    init=(260.0, 60.0, 280.0),
+    bounds=((200.0, 400.0), (20.0, 100.0), (100.0, 300.0)),
+) -> tuple[float, float, float]:
     """Fit (T, σ₁, σ₂) so the prior's masses over ``edges`` match ``targets`` (L-BFGS-B, method §6.2
     step 2; the reference's (1, 3)-shaped x0 fails on SciPy >= 1.11, here x0 is 1-D)."""
     from scipy.optimize import minimize
@@ -50,7 +55,7 @@ def fit_ahds_prior(targets=AHDS_TARGET_MASSES, edges=AHDS_EDGES, init=(260.0, 60
     return T, s1, s2
 
 
-def ahds_tau_schedule(n_steps: int, prior: np.ndarray) -> Int[Tensor, "n_steps"]:
+def ahds_tau_schedule(n_steps: int, prior: np.ndarray) -> Int[Tensor, " n_steps"]:
     """Monotone schedule ``τ(i) = argmin_t |Σ_{u≥t} W(u) − i/N|`` for i = 0..N-1 (method §6.2 step 3).
 
     Raises:
@@ -92,7 +97,7 @@ class AHDSSchedule:
         s = min(max(int(step), 0), self.n_steps - 1)
         return ahds_window(s, self.n_steps, int(self.tau[s]), self.max_t)
 
-    def sample(self, step: int, batch: int, generator: torch.Generator | None = None) -> Int[Tensor, "B"]:
+    def sample(self, step: int, batch: int, generator: torch.Generator | None = None) -> Int[Tensor, " B"]:
         """i.i.d. timesteps for the views of one batch."""
         lo, hi = self.window(step)
         return torch.randint(lo, hi + 1, (batch,), generator=generator)
@@ -102,8 +107,8 @@ def anpg_gradient(
     eps_pos: Float[Tensor, "B C h w"],
     eps_neg: Float[Tensor, "B C h w"],
     eps_null: Float[Tensor, "B C h w"],
-    t: Int[Tensor, "B"],
-    alphas_cumprod: Float[Tensor, "T"],
+    t: Int[Tensor, " B"],
+    alphas_cumprod: Float[Tensor, " T"],
     guidance_scale: float = 7.5,
     t_threshold: int = 170,
 ) -> Float[Tensor, "B C h w"]:
@@ -153,4 +158,3 @@ def sparsity_loss(opacity: Float[Tensor, "B H W 1"]) -> Tensor:
     """``mean(sqrt(o² + 0.01))`` on the rendered alpha (method §2.5; the reference used normalised
     depth as "opacity": §12.6)."""
     return torch.sqrt(opacity.float() ** 2 + 0.01).mean()
-

@@ -9,6 +9,7 @@ or the back view (-45°, -135°) ("mutual attention"); every other view blends i
 that of its two neighbouring anchors, weighted by azimuth distance ("distance-guided attention
 fusion", ``out = λ A_self + (1-λ)(w_a A_a + w_b A_b)``, w = 1 - Δ/45°).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ def sdedit_timesteps(n_grid: int = 50, n_steps: int = 8, n_train: int = 1000) ->
 @dataclass
 class ViewRole:
     index: int
-    azimuth: float
+    azimuth_deg: float
     kind: str  # "primary" | "key" | "between"
     partners: tuple = ()
     """Indices of the views it reads (key: the front/back view; between: its two anchors)."""
@@ -75,7 +76,7 @@ def tiers(n: int) -> list[list[int]]:
     tiers (an 8-view ring has no in-between views). Views of one tier only read views of earlier
     tiers, so each tier can be denoised as one batch."""
     r = view_roles(n)
-    prim = sorted((v.index for v in r if v.kind == "primary"), key=lambda i: (abs(r[i].azimuth - 90.0), i))
+    prim = sorted((v.index for v in r if v.kind == "primary"), key=lambda i: (abs(r[i].azimuth_deg - 90.0), i))
     levels = [prim, [v.index for v in r if v.kind == "key"], [v.index for v in r if v.kind == "between"]]
     return [t for t in levels if t]
 
@@ -94,9 +95,19 @@ def attention(q: Float[Tensor, "B h Lq d"], k: Float[Tensor, "B h Lk d"], v: Flo
 
 
 def fused_attention(
-    q: Tensor, k_self: Tensor, v_self: Tensor, k_a: Tensor, v_a: Tensor, k_b: Tensor, v_b: Tensor,
-    w_a: Float[Tensor, "B"], w_b: Float[Tensor, "B"], lam: float,
+    q: Tensor,
+    k_self: Tensor,
+    v_self: Tensor,
+    k_a: Tensor,
+    v_a: Tensor,
+    k_b: Tensor,
+    v_b: Tensor,
+    w_a: Float[Tensor, " B"],
+    w_b: Float[Tensor, " B"],
+    lam: float,
 ) -> Tensor:
     """Distance-guided attention fusion: three separate softmaxes, outputs blended (method §7.4)."""
     w_a, w_b = w_a.view(-1, 1, 1, 1).to(q), w_b.view(-1, 1, 1, 1).to(q)
-    return lam * attention(q, k_self, v_self) + (1 - lam) * (w_a * attention(q, k_a, v_a) + w_b * attention(q, k_b, v_b))
+    return lam * attention(q, k_self, v_self) + (1 - lam) * (
+        w_a * attention(q, k_a, v_a) + w_b * attention(q, k_b, v_b)
+    )

@@ -1,50 +1,111 @@
-"""Shared Lightning plumbing of the stage systems: config parsing, trial-directory I/O, preflight."""
+"""The system base of every pipeline stage, and the base of the stages that optimise Gaussians.
+
+* :class:`BaseSystem` (plain object): the one ``Config`` every stage's config extends (memory budget,
+  body template, Gaussian geometry, renderer), preflight checks of every plugin sub-config before the
+  trial directory exists, trial-directory I/O, the memory budget, rendering the avatar.
+* :class:`GaussianSystem` (a Lightning module as well): stages that train Gaussians (1 and 3). One
+  training step: ``losses = compute_losses(batch, step)`` -> :meth:`weighted_loss` (Σ λ_x · loss_x,
+  threestudio's pattern) -> backward -> densify statistics -> optimiser step -> densify event -> log.
+"""
+
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 
 import threestudio
+from threestudio.data.handoff import write_manifest
 from threestudio.models.appearance.specular import FILE_SUFFIX as SPECULAR_SUFFIX
-from threestudio.utils.config import parse_structured
+from threestudio.models.geometry.strategy import DensifyPolicy, DensifyStrategy
+from threestudio.models.renderers.base import render_avatar, resolve_renderer_type
+from threestudio.utils.config import check_plugin_config, parse_structured
+from threestudio.utils.errors import ConfigError
 from threestudio.utils.gpu import MemoryBudget
-from threestudio.utils.io import atomic_write_text, save_image, save_video
+from threestudio.utils.io import save_image, save_video
 
 
-class BaseSystem(pl.LightningModule):
-    """A stage of the pipeline. Subclasses define ``Config`` (derived from ``BaseSystem.Config``),
-    :meth:`preflight` (fast checks run by launch.py before the trial directory is created) and the
-    Lightning hooks, and name themselves and their memory knobs in ``stage_label`` / ``oom_advice``
-    (used by launch.py's out-of-memory message)."""
+class BaseSystem:
+    """A stage of the pipeline. Subclasses extend ``Config``, add checks to :meth:`preflight` (run by
+    launch.py before the trial directory is created) and name themselves and their memory knobs in
+    ``stage_label`` / ``oom_advice`` (launch.py's out-of-memory message). A stage that trains nothing
+    implements :meth:`run`; :class:`GaussianSystem` stages are run by a Lightning Trainer."""
 
     stage_label = "this stage"
     oom_advice = "lower the stage's batch sizes or resolution"
+    trainable = False
+    """True for stages that a Lightning Trainer optimises (:class:`GaussianSystem`)."""
 
     @dataclass
     class Config:
         max_gpu_memory_gb: float = 0.0
         """GPU memory budget of the stage in GiB (0 = what the device has free when the stage starts).
         The CUDA allocator is capped at it and batch sizes that trade memory for speed follow it."""
+        body_type: str = ""
+        """Body template plugin (``anny-body``, ``smplx-body``); '' = the one stage 1 used (its manifest)."""
+        body: dict = field(default_factory=dict)
+        """Config of the body template plugin ('' body_type: stage 1's)."""
+        geometry_type: str = "body-gaussian-geometry"
+        """Gaussian geometry plugin."""
+        geometry: dict = field(default_factory=dict)
+        """Config of the geometry plugin (learning rates, initialisation)."""
+        renderer_type: str = "auto"
+        """``auto``: gsplat on CUDA, the pure-torch rasterizer on CPU; or a renderer plugin name."""
+        renderer: dict = field(default_factory=dict)
+        """Config of the renderer plugin (background, near plane, ...)."""
 
-    def __init__(self, cfg: dict, trial_dir: str):
+    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 0):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self.trial_dir = Path(trial_dir)
-        self.automatic_optimization = False
+        self.max_steps = max_steps
         self.budget: MemoryBudget | None = None
         """Set by :meth:`apply_budget` once the device is known."""
+        self.appearance = None
+        """Optional view-dependent appearance (``asg-specular-appearance``); None = SH colour only."""
+        self._renderer = None
 
+    # ------------------------------------------------------------------ checks before anything is written
+    @classmethod
+    def preflight(cls, cfg: dict, mode: str):
+        """Validate the config and inputs; raise ``UserError`` with one clear message. ``mode`` is the
+        launch mode (``train``, ``validate``, ``test``, ``export``) or ``check``: everything that does
+        not need an earlier stage's outputs (configs, model files). Every plugin sub-config
+        (``system.renderer``, ``system.densify``, ``system.guidance.face``, ...) is parsed here by its
+        plugin's ``Config``. Returns the parsed config."""
+        c = parse_structured(cls.Config, cfg, "system")
+        resolved = OmegaConf.to_container(c)
+        resolved["renderer_type"] = resolve_renderer_type(
+            c.renderer_type, "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        check_plugin_config(cls.Config, resolved, "system")
+        return c
+
+    # ------------------------------------------------------------------ trial directory
+    def save_path(self, *parts: str) -> Path:
+        """``<trial>/save/<parts>``, its folder created."""
+        p = self.trial_dir.joinpath("save", *parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def write_manifest(self, **entries) -> None:
+        """Merge ``entries`` into ``<trial>/manifest.json`` (the hand-off to the next stage)."""
+        write_manifest(self.trial_dir, **entries)
+
+    def report(self, msg: str) -> None:
+        """Print a progress line."""
+        print(msg)
+
+    # ------------------------------------------------------------------ memory
     def apply_budget(self, device) -> MemoryBudget:
         """Resolve ``max_gpu_memory_gb`` on ``device`` and cap the CUDA allocator at it."""
         self.budget = MemoryBudget(device, self.cfg.max_gpu_memory_gb)
         self.budget.apply()
         if self.budget.limited:
-            msg = f"GPU memory budget: {self.budget.gib:.1f} GiB"
-            self.print(msg) if self._trainer is not None else print(msg)
+            self.report(f"GPU memory budget: {self.budget.gib:.1f} GiB")
         return self.budget
 
     def memory_record(self) -> dict:
@@ -54,109 +115,126 @@ class BaseSystem(pl.LightningModule):
             return {}
         return {"gpu_budget_gib": round(b.gib, 2), "gpu_peak_reserved_gib": round(b.peak_reserved_gib(), 2)}
 
-    @classmethod
-    def preflight(cls, cfg: dict, mode: str) -> None:
-        """Validate the config and inputs; raise ``UserError`` with one clear message. ``mode`` is the
-        launch mode (``train``, ``validate``, ``test``, ``export``) or ``check``: everything that does
-        not need an earlier stage's outputs (configs, model files)."""
-        parse_structured(cls.Config, cfg)
+    # ------------------------------------------------------------------ rendering
+    @property
+    def renderer(self):
+        """The renderer plugin (``renderer_type: auto`` resolved on the Gaussians' device)."""
+        if self._renderer is None:
+            name = resolve_renderer_type(self.cfg.renderer_type, self.geometry.means.device.type)
+            self._renderer = threestudio.find(name)(self.cfg.renderer)
+        return self._renderer
 
-    def save_path(self, *parts: str) -> Path:
-        p = self.trial_dir.joinpath("save", *parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
+    def render(self, cams) -> dict:
+        """Render the avatar (with its specular appearance, if any) for the batch ``cams``."""
+        return render_avatar(self.renderer, self.geometry, cams, self.appearance)
 
-    def write_manifest(self, **entries) -> None:
-        """Merge ``entries`` into ``<trial>/manifest.json`` (the hand-off to the next stage)."""
-        path = self.trial_dir / "manifest.json"
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        data.update(entries)
-        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+    def run(self, device: torch.device) -> None:
+        """The whole stage, for stages that train nothing."""
+        raise NotImplementedError
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device)  # Cameras or TargetBatch
+
+class GaussianSystem(BaseSystem, pl.LightningModule):
+    """A stage that optimises Gaussians: the training step, densify strategy state in checkpoints,
+    validation grid, test turntable and ``save/avatar.ply`` export. Subclasses set ``self.geometry``
+    (and ``self.appearance``) and implement :meth:`compute_losses`."""
+
+    trainable = True
+
+    @dataclass
+    class Config(BaseSystem.Config):
+        appearance_type: str = ""
+        """``asg-specular-appearance`` for SpecularIP's view-dependent highlights; '' = SH colour only."""
+        appearance: dict = field(default_factory=dict)
+        """Config of the appearance plugin."""
+        densify: DensifyPolicy = field(default_factory=DensifyPolicy)
+        """Densify/prune schedule and policy (:class:`~threestudio.models.geometry.strategy.DensifyPolicy`)."""
+        turntable_fps: int = 30
+        """Frame rate of ``save/turntable.mp4``."""
+
+    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 0):
+        super().__init__(cfg, trial_dir, max_steps)
+        self.automatic_optimization = False
+        self.body_type = self.cfg.body_type
+        """Body template kind recorded in the manifest (subclasses resolve it from earlier stages)."""
+        self.strategy = DensifyStrategy(self.cfg.densify)
+        self._val_images: list = []
+        self._test_frames: list = []
+
+    def report(self, msg: str) -> None:
+        self.print(msg) if self._trainer is not None else print(msg)
 
     @property
     def step(self) -> int:
         """Optimiser steps taken so far (= the index of the current training step)."""
         return int(self.global_step)
 
+    # ------------------------------------------------------------------ the training step
+    def compute_losses(self, batch, step: int) -> tuple[dict, dict, dict]:
+        """Render ``batch`` and compute the stage's losses at ``step``.
 
-def load_avatar(path, geometry_type: str, geometry_cfg: dict, appearance_type: str = "", appearance_cfg: dict | None = None):
-    """Gaussians (and their specular appearance, if any) from an avatar PLY of an earlier stage.
+        Returns:
+            ``(losses, render, logs)``: ``loss_<x>`` scalar tensors (each weighted by the config's
+            ``lambda_<x>``), the renderer output dict (its ``means2d``/``radii`` feed densification)
+            and further scalars to log.
+        """
+        raise NotImplementedError
 
-    The SH degree and the specular feature size are read from the file; the appearance network is
-    ``<avatar>.specular.safetensors`` beside it (safetensors: loading runs no code). If
-    ``appearance_type`` asks for specular but the avatar is diffuse-only, fresh features and a fresh
-    network are created (specular added in a later stage). A ``<avatar>.specular.pt`` of an earlier
-    version (normal-aligned lobes, pickle format) is never opened: the avatar loads diffuse-only.
+    def weighted_loss(self, losses: dict) -> torch.Tensor:
+        """``Σ_x lambda_x · loss_x`` over ``losses`` (threestudio's pattern; a term whose λ is 0 adds
+        nothing).
 
-    Raises:
-        UserError: the PLY or the network file is not what it should be.
+        Raises:
+            ConfigError: a ``loss_<x>`` without a ``lambda_<x>`` in the config.
+        """
+        total = 0.0
+        for name, value in losses.items():
+            lam = self.cfg.get("lambda_" + name[len("loss_") :])
+            if lam is None:
+                raise ConfigError(f"{type(self).__name__}: {name} has no weight lambda_{name[len('loss_') :]}")
+            if lam != 0:
+                total = total + lam * value
+        return total
 
-    Returns:
-        ``(model, appearance or None)``.
-    """
-    import math
-    from pathlib import Path
+    def optimization_step(self, batch, step: int, optimizer) -> dict:
+        """One step without Lightning's bookkeeping: losses -> weighted sum -> backward -> densify
+        statistics -> position learning rate of ``step``. The caller steps ``optimizer`` and then calls
+        :meth:`densify_step`. Returns ``{"loss", "losses", "logs"}`` (tensors still attached)."""
+        losses, out, logs = self.compute_losses(batch, step)
+        loss = self.weighted_loss(losses)
+        optimizer.zero_grad(set_to_none=True)
+        if self._trainer is not None:
+            self.manual_backward(loss)
+        else:
+            loss.backward()
+        cams = getattr(batch, "cams", batch)
+        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
+        for group in optimizer.param_groups:
+            if group.get("name") == "means":
+                group["lr"] = self.geometry.means_lr(step)
+        return {"loss": loss, "losses": losses, "logs": logs}
 
-    from threestudio.utils.ply import read_gaussian_ply
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()  # LightningOptimizer: its step() advances global_step
+        step = self.step
+        res = self.optimization_step(batch, step, opt.optimizer)
+        opt.step()
+        self.densify_step(step + 1, opt.optimizer)
+        logs = {
+            "train/loss": res["loss"].detach(),
+            **{f"train/{k}": v.detach() for k, v in res["losses"].items()},
+            **{f"train/{k}": v for k, v in res["logs"].items()},
+            "train/points": float(self.geometry.num_points),
+        }
+        self.log_dict(logs, on_step=True, batch_size=len(batch))
+        return res["loss"].detach()
 
-    params, extra = read_gaussian_ply(path)  # read once
-    d = len([k for k in extra if k.startswith("spec_")])
-    net = Path(path).with_suffix(SPECULAR_SUFFIX)
-    appearance = None
-    if d > 0 and net.is_file():
-        appearance = threestudio.find("asg-specular-appearance").load(net)
-    elif d > 0 and Path(path).with_suffix(".specular.pt").is_file() and not appearance_type:
-        print(f"note: {Path(path).with_suffix('.specular.pt')} is an earlier, degenerate specular model in pickle "
-              "format; it is not opened and the avatar is shown diffuse-only (rerun stage 3 with --specular)")
-    elif appearance_type:
-        appearance = threestudio.find(appearance_type)(appearance_cfg or {})
-        if d != appearance.cfg.feature_dim:  # specular added in a later stage: fresh features
-            d = appearance.cfg.feature_dim
-            n = params["means"].shape[0]
-            params = {**params, "spec_features": 0.1 * torch.randn(n, d, generator=torch.Generator().manual_seed(0))}
-    cfg = dict(geometry_cfg or {})
-    cfg["sh_degree"] = int(round(math.sqrt(params["f_rest"].shape[1] + 1))) - 1
-    cfg["spec_feature_dim"] = d
-    model = threestudio.find(geometry_type)(cfg)
-    model.load_params(params, extra, str(path))
-    return model, appearance
+    def densify_step(self, step: int, optimizer) -> None:
+        """Run the densify / prune event scheduled at ``step`` (if any) and report its counts."""
+        info = self.strategy.step(step, self.geometry, optimizer)
+        if info:
+            self.report(f"step {step}: densify/prune {info}")
 
-
-class GaussianSystem(BaseSystem):
-    """A stage that optimises Gaussians: renderer choice, densify strategy state in checkpoints,
-    validation grid, test turntable and ``save/avatar.ply`` export. Subclasses set
-    ``self.geometry`` and ``self.strategy`` and define ``Config`` with ``renderer_type``,
-    ``renderer``, ``body_type`` and ``turntable_fps``."""
-
-    _renderer = None
-
-    def __init__(self, cfg: dict, trial_dir: str):
-        super().__init__(cfg, trial_dir)
-        self.appearance = None
-        """Optional view-dependent appearance (``asg-specular-appearance``); None = SH colour only."""
-        self.body_type = getattr(self.cfg, "body_type", "")
-        """Body template kind recorded in the manifest (subclasses resolve it from earlier stages)."""
-        self._val_images: list = []
-        self._test_frames: list = []
-
-    @property
-    def renderer(self):
-        if self._renderer is None:
-            name = self.cfg.renderer_type
-            if name == "auto":
-                name = "gsplat-renderer" if self.device.type == "cuda" else "torch-splat-renderer"
-            self._renderer = threestudio.find(name)(self.cfg.renderer)
-        return self._renderer
-
-    def render(self, cams):
-        colors = None
-        if self.appearance is not None:
-            colors = self.appearance.colors(self.geometry, cams.c2w.to(self.geometry.means))
-        return self.renderer.render(self.geometry, cams, colors)
-
+    # ------------------------------------------------------------------ Lightning plumbing
     def on_fit_start(self) -> None:
         self.apply_budget(self.device)
 
@@ -166,25 +244,8 @@ class GaussianSystem(BaseSystem):
             groups += self.appearance.param_groups()
         return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
 
-    def backward_step(self, loss, out: dict, cams, step: int, optimizer) -> None:
-        """Backward of one step (Lightning's manual backward when attached to a Trainer), densify
-        statistics from the renderer output ``out``, and the position learning rate of ``step``.
-        The caller steps ``optimizer`` and then calls :meth:`densify_step`."""
-        optimizer.zero_grad(set_to_none=True)
-        if self._trainer is not None:
-            self.manual_backward(loss)
-        else:
-            loss.backward()
-        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
-        for group in optimizer.param_groups:
-            if group.get("name") == "means":
-                group["lr"] = self.geometry.means_lr(step)
-
-    def densify_step(self, step: int, optimizer) -> None:
-        info = self.strategy.step(step, self.geometry, optimizer)
-        if info:
-            msg = f"step {step}: densify/prune {info}"
-            self.print(msg) if self._trainer is not None else print(msg)
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device)  # Cameras or TargetBatch
 
     def on_save_checkpoint(self, checkpoint) -> None:
         s = self.strategy
@@ -193,7 +254,8 @@ class GaussianSystem(BaseSystem):
     def on_load_checkpoint(self, checkpoint) -> None:
         st = checkpoint.get("densify_state")
         if st:
-            self.strategy.grad_accum, self.strategy.denom, self.strategy.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
+            s = self.strategy
+            s.grad_accum, s.denom, s.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
 
     def on_train_batch_start(self, batch, batch_idx):
         dm = getattr(self.trainer, "datamodule", None)
@@ -208,7 +270,7 @@ class GaussianSystem(BaseSystem):
         imgs = self._val_images
         if imgs:
             n = len(imgs) // 2 or 1
-            rows = [torch.cat(imgs[i:i + n], dim=1) for i in range(0, len(imgs), n)]
+            rows = [torch.cat(imgs[i : i + n], dim=1) for i in range(0, len(imgs), n)]
             save_image(self.save_path(f"it{self.step}-val.png"), torch.cat(rows, dim=0))
         self._val_images = []
 
@@ -232,6 +294,11 @@ class GaussianSystem(BaseSystem):
         self.geometry.save_ply(self.save_path("avatar.ply"))
         if self.appearance is not None:
             self.appearance.save(self.save_path("avatar" + SPECULAR_SUFFIX))
-        self.write_manifest(specular=self.appearance is not None, avatar="save/avatar.ply", body=self.body_type,
-                            num_gaussians=self.geometry.num_points, step=self.step, **self.memory_record())
-
+        self.write_manifest(
+            specular=self.appearance is not None,
+            avatar="save/avatar.ply",
+            body=self.body_type,
+            num_gaussians=self.geometry.num_points,
+            step=self.step,
+            **self.memory_record(),
+        )

@@ -4,55 +4,52 @@ inside a loss box around the rendered body (from the stage-1 alpha, so hands are
 method §12.19; boxes of one batch are grown to a common size, never resampled to a square, so the
 aspect ratio is kept), at ``loss_scale`` of the render resolution (the reference: 0.5), with
 densify and prune-only events that fire."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import threestudio
-from threestudio.models.geometry.strategy import DensifyStrategy
+from threestudio.data.handoff import load_avatar, read_stage
+from threestudio.models.geometry.strategy import DensifyPolicy
 from threestudio.models.perceptual import lpips_vgg
+from threestudio.models.perceptual.lpips_vgg import LPIPSConfig
 from threestudio.ops.losses import crop_boxes, psnr, ssim_loss
 from threestudio.systems.base import GaussianSystem
-from threestudio.systems.stages import read_stage
-from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import ConfigError, MissingModelError
 
 
 @threestudio.register("gaussianip-reconstruct-system")
 class ReconstructSystem(GaussianSystem):
     stage_label = "stage 3 (reconstruction)"
-    oom_advice = ("lower the views per step data.batch_views, the Gaussian cap system.densify.max_points, or the "
-                  "loss resolution system.loss_scale")
+    oom_advice = (
+        "lower the views per step data.batch_views, the Gaussian cap system.densify.max_points, or the "
+        "loss resolution system.loss_scale"
+    )
 
     @dataclass
     class Config(GaussianSystem.Config):
         init_from: str = "???"
         """Trial directory of a finished refine (stage 2) run."""
-        renderer_type: str = "auto"
-        renderer: dict = field(default_factory=dict)
-        geometry_type: str = "body-gaussian-geometry"
-        geometry: dict = field(default_factory=dict)
-        body_type: str = ""
-        densify: dict = field(default_factory=lambda: {"densify_steps": [100], "prune_steps": [500], "stats_until": 600})
+        densify: DensifyPolicy = field(
+            default_factory=lambda: DensifyPolicy(densify_steps=[100], prune_steps=[500], stats_until=600)
+        )
+        """Densify/prune schedule of stage 3 (method §8: densify at 100, prune at 500)."""
         lambda_l1: float = 10.0
+        """Weight of the L1 photometric loss (method §8)."""
         lambda_ssim: float = 1.0
+        """Weight of the 1 - SSIM loss (method §8)."""
         lambda_lpips: float = 15.0
         """Weight of LPIPS-VGG (method §8). Its weights are required (a missing file stops the run
         before it starts); 0 is the explicit way to run without it."""
-        lpips: dict = field(default_factory=dict)
-        """:class:`~threestudio.models.perceptual.lpips_vgg.LPIPSConfig` (``vgg_path``, ``heads_path``)."""
+        lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+        """Where the LPIPS-VGG weight files are (``vgg_path``, ``heads_path``)."""
         loss_scale: float = 0.5
         """Resolution of the loss crops relative to the renders (method §8: half resolution)."""
-        turntable_fps: int = 30
-        appearance_type: str = ""
-        """``asg-specular-appearance`` for SpecularIP's SCR (trains features and network); a specular
-        stage-1 avatar keeps its appearance either way."""
-        appearance: dict = field(default_factory=dict)
 
     @classmethod
-    def preflight(cls, cfg: dict, mode: str) -> None:
-        c = parse_structured(cls.Config, cfg)
-        DensifyStrategy(c.densify)  # validates the densify policy
+    def preflight(cls, cfg: dict, mode: str):
+        c = super().preflight(cfg, mode)
         if c.loss_scale <= 0:
             raise ConfigError(f"system.loss_scale must be > 0, got {c.loss_scale}")
         if mode == "train":
@@ -61,16 +58,19 @@ class ReconstructSystem(GaussianSystem):
             miss = lpips_vgg.missing(c.lpips)
             if miss:
                 raise MissingModelError("missing pretrained models (nothing was started):\n  " + "\n  ".join(miss))
+        return c
 
     def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 800):
-        super().__init__(cfg, trial_dir)
+        super().__init__(cfg, trial_dir, max_steps)
         self.stage2 = read_stage(self.cfg.init_from, "refine", ("cameras",))
         self.body_type = self.cfg.body_type or self.stage2.get("body", "anny-body")
-        from threestudio.systems.base import load_avatar
-
-        self.geometry, self.appearance = load_avatar(self.stage2["avatar_in"], self.cfg.geometry_type, self.cfg.geometry,
-                                                     self.cfg.appearance_type, self.cfg.appearance)
-        self.strategy = DensifyStrategy(self.cfg.densify)
+        self.geometry, self.appearance = load_avatar(
+            self.stage2["avatar_in"],
+            self.cfg.geometry_type,
+            self.cfg.geometry,
+            self.cfg.appearance_type,
+            self.cfg.appearance,
+        )
         self._frozen: dict = {}
         """Frozen helper networks (LPIPS), kept out of the module tree so that checkpoints hold none of them."""
 
@@ -83,34 +83,21 @@ class ReconstructSystem(GaussianSystem):
         super().on_fit_start()
         if self.cfg.lambda_lpips > 0:
             self._frozen["lpips"] = lpips_vgg.LPIPSVGG(self.cfg.lpips).to(self.device)
-        self.write_manifest(stage="reconstruct", init_from=self.stage2["trial_dir"], prompt=self.stage2.get("prompt"),
-                            face_image=self.stage2.get("face_image"), lpips=self.lpips is not None)
+        self.write_manifest(
+            stage="reconstruct",
+            init_from=self.stage2["trial_dir"],
+            prompt=self.stage2.get("prompt"),
+            face_image=self.stage2.get("face_image"),
+            lpips=self.lpips is not None,
+        )
 
-    def losses(self, batch) -> dict:
+    def compute_losses(self, batch, step: int) -> tuple[dict, dict, dict]:
+        """Losses of method §8 on the loss boxes of ``batch`` (a :class:`TargetBatch`) at ``loss_scale``:
+        ``loss_l1``, ``loss_ssim`` and, once LPIPS is loaded, ``loss_lpips``; logs the crops' PSNR."""
         out = self.render(batch.cams)
         r = crop_boxes(out["comp_rgb"], batch.bbox.tolist(), self.cfg.loss_scale)
         t = crop_boxes(batch.images, batch.bbox.tolist(), self.cfg.loss_scale)
         losses = {"loss_l1": (r - t).abs().mean(), "loss_ssim": ssim_loss(r, t)}
         if self.lpips is not None:
             losses["loss_lpips"] = self.lpips(r, t).mean()
-        return {"out": out, "losses": losses, "psnr": psnr(r.detach(), t)}
-
-    def train_step(self, batch, step: int, optimizer):
-        res = self.losses(batch)
-        L = res["losses"]
-        loss = self.cfg.lambda_l1 * L["loss_l1"] + self.cfg.lambda_ssim * L["loss_ssim"]
-        if "loss_lpips" in L:
-            loss = loss + self.cfg.lambda_lpips * L["loss_lpips"]
-        self.backward_step(loss, res["out"], batch.cams, step, optimizer)
-        return loss, L, res["psnr"]
-
-    def training_step(self, batch, batch_idx):
-        opt = self.optimizers()
-        step = self.step
-        loss, L, p = self.train_step(batch, step, opt.optimizer)
-        opt.step()
-        self.densify_step(step + 1, opt.optimizer)
-        self.log_dict({"train/loss": loss.detach(), **{f"train/{k}": v.detach() for k, v in L.items()},
-                       "train/psnr": p, "train/points": float(self.geometry.num_points)}, on_step=True,
-                      batch_size=len(batch))
-        return loss.detach()
+        return losses, out, {"psnr": psnr(r.detach(), t)}

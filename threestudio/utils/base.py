@@ -1,8 +1,9 @@
 """Base classes that parse their ``Config`` on construction (threestudio style)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 
@@ -16,7 +17,7 @@ class BaseObject:
     class Config:
         pass
 
-    def __init__(self, cfg: Optional[dict] = None, **kwargs: Any) -> None:
+    def __init__(self, cfg: dict | None = None, **kwargs: Any) -> None:
         self.cfg = parse_structured(self.Config, cfg)
         self.configure(**kwargs)
 
@@ -31,7 +32,7 @@ class BaseModule(nn.Module):
     class Config:
         pass
 
-    def __init__(self, cfg: Optional[dict] = None, **kwargs: Any) -> None:
+    def __init__(self, cfg: dict | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self.configure(**kwargs)

@@ -9,15 +9,18 @@ Custom resolvers: ``${repo:<rel>}`` -> absolute path inside the repository, ``${
 -> ``s`` with spaces replaced by ``c``, ``${tiny_dir:<rel>}`` -> path under the tiny-model folder
 (``$GIP_TINY_DIR`` or ``<repo>/.tiny``).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from threestudio.utils.errors import ConfigError
@@ -53,12 +56,15 @@ class TrainerConfig:
     accelerator: str = "auto"
     """Lightning accelerator; ``auto`` picks CUDA when present."""
     devices: Any = 1
+    """Lightning devices (GPUs per run)."""
     precision: str = "32-true"
     """``bf16-mixed`` on GPU (no GradScaler, so 2-D mean gradients stay unscaled, method §2.4)."""
     val_check_interval: int = 100
     """Run validation renders every this many steps."""
     log_every_n_steps: int = 10
+    """Write the CSV log every this many steps."""
     enable_progress_bar: bool = True
+    """Show Lightning's progress bar."""
 
 
 @dataclass
@@ -74,16 +80,25 @@ class ExperimentConfig:
     name: str = "gaussianip"
     """Experiment group: trials go to ``<exp_root_dir>/<name>/<tag>@<timestamp>``."""
     tag: str = "${rmspace:${system.prompt_processor.prompt},_}"
+    """Trial name (before ``@<timestamp>``); by default the prompt."""
     exp_root_dir: str = "outputs"
+    """Root folder of all trial directories."""
     seed: int = 42
-    trial_dir: Optional[str] = None
+    """Global random seed (Lightning ``seed_everything``)."""
+    trial_dir: str | None = None
     """Filled by launch.py; never set by hand except to resume."""
     data_type: str = "???"
+    """Registered data module (``human-camera-datamodule``, ``refined-views-datamodule``)."""
     data: dict = field(default_factory=dict)
+    """Config of the data module."""
     system_type: str = "???"
+    """Registered stage system (``gaussianip-ahds-system``, ...)."""
     system: dict = field(default_factory=dict)
+    """Config of the system (``launch.py --show-config <system>`` lists it)."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning Trainer arguments."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint schedule."""
 
 
 def _wrap(fn, *args, what: str):
@@ -97,12 +112,16 @@ def _wrap(fn, *args, what: str):
         raise ConfigError(f"invalid {what}: {msg}") from None
 
 
-def load_config(*yamls: str | Path, cli_args: list[str] | None = None, **extra) -> DictConfig:
+def load_config(
+    *yamls: str | Path, cli_args: list[str] | None = None, allow_missing: bool = False, **extra
+) -> DictConfig:
     """Compose YAML files (later wins) and dotlist overrides into a validated experiment config.
 
     Args:
         yamls: config file paths, applied in order.
         cli_args: OmegaConf dotlist overrides such as ``["system.prompt_processor.prompt=a man"]``.
+        allow_missing: leave interpolations unresolved, so that mandatory values may stay unset
+            (``--show-config``).
         extra: further top-level overrides (e.g. ``trial_dir``).
 
     Returns:
@@ -126,23 +145,128 @@ def load_config(*yamls: str | Path, cli_args: list[str] | None = None, **extra) 
     cfgs.append(OmegaConf.create(extra))
     base = OmegaConf.structured(ExperimentConfig)
     merged = _wrap(OmegaConf.merge, base, *cfgs, what="config")
-    _wrap(OmegaConf.resolve, merged, what="config")
+    if not allow_missing:
+        _wrap(OmegaConf.resolve, merged, what="config")
     return merged
 
 
-def parse_structured(cls: type, cfg: Optional[dict | DictConfig] = None) -> Any:
+def parse_structured(
+    cls: type, cfg: dict | DictConfig | None = None, where: str = "", allow_missing: bool = False
+) -> Any:
     """Validate ``cfg`` against the dataclass ``cls`` (unknown key or wrong type -> ConfigError).
 
-    Returns the typed config object (an OmegaConf structured config, attribute access).
+    Args:
+        where: the config path shown in errors (e.g. ``system.renderer``); default the class name.
+        allow_missing: do not require the mandatory (``???``) fields (a partial config that an
+            earlier stage completes).
+
+    Returns:
+        The typed config object (an OmegaConf structured config, attribute access).
+
+    Raises:
+        ConfigError: unknown key, wrong type, or a mandatory value not set.
     """
-    base = OmegaConf.structured(cls)
-    if cfg is None:
-        cfg = {}
-    merged = _wrap(OmegaConf.merge, base, cfg, what=f"{cls.__qualname__}")
-    missing = OmegaConf.missing_keys(merged)
+    what = where or cls.__qualname__
+    merged = _wrap(OmegaConf.merge, OmegaConf.structured(cls), cfg if cfg is not None else {}, what=what)
+    missing = set() if allow_missing else OmegaConf.missing_keys(merged)
     if missing:
-        raise ConfigError(f"{cls.__qualname__}: mandatory value(s) not set: {', '.join(sorted(missing))}")
+        raise ConfigError(f"{what}: mandatory value(s) not set: {', '.join(sorted(missing))}")
     return merged
+
+
+def check_plugin_config(cls: type, cfg: dict | DictConfig | None, where: str, allow_missing: bool = False) -> Any:
+    """Parse ``cfg`` with the config dataclass ``cls`` and, recursively, every plugin sub-config it
+    selects: a field ``<x>_type`` naming a registered plugin with a sibling ``<x>`` block is checked
+    against that plugin's ``Config`` (typed blocks such as ``densify`` are checked by the parse
+    itself). Run in preflight, before anything is written.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type or an unknown plugin name anywhere below ``where``.
+    """
+    import threestudio
+
+    parsed = parse_structured(cls, cfg, where, allow_missing)
+    for f in dataclasses.fields(cls):
+        block = f.name[: -len("_type")]
+        if not f.name.endswith("_type") or block not in parsed:
+            continue
+        kind = parsed[f.name]
+        if not kind or kind == "auto":  # optional plugin off, or chosen at run time (checked by the caller)
+            continue
+        try:
+            plugin = threestudio.find(kind)
+        except KeyError as e:
+            raise ConfigError(f"{where}.{f.name}: {e.args[0]}") from None
+        check_plugin_config(plugin.Config, parsed[block], f"{where}.{block}", allow_missing=True)
+    return parsed
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a config dataclass and its bases: the string literal under each field
+    (PEP 257 attribute docstrings, as threestudio/nerfstudio write them); subclasses win."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for stmt, nxt in zip(body, body[1:] + [None], strict=True):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                doc = (
+                    nxt.value.value
+                    if (
+                        isinstance(nxt, ast.Expr)
+                        and isinstance(nxt.value, ast.Constant)
+                        and isinstance(nxt.value.value, str)
+                    )
+                    else ""
+                )
+                docs[stmt.target.id] = " ".join(doc.split())
+    return docs
+
+
+def _raw(cfg: DictConfig, key: str) -> Any:
+    """``cfg[key]`` without resolving interpolations or failing on ``???`` (None if absent)."""
+    if key not in cfg.keys():  # (``key in cfg`` is False for a ``???`` value)
+        return None
+    node = cfg._get_node(key)
+    if node is None or isinstance(node, (DictConfig, ListConfig)):
+        return node
+    if node._is_missing():
+        return "???"
+    v = node._value()
+    return v.value if isinstance(v, Enum) else v
+
+
+def describe_config(cls: type, values: Any = None, indent: int = 0) -> list[str]:
+    """Lines ``name: value  # docstring`` for every field of the config dataclass ``cls`` with the
+    defaults (or ``values``, a parsed config), nested blocks indented below their field; a
+    ``<x>_type`` field's ``<x>`` block lists the chosen plugin's options."""
+    import threestudio
+
+    parsed = values if values is not None else OmegaConf.structured(cls)
+    docs = field_docs(cls)
+    pad = "  " * indent
+    out = []
+    for f in dataclasses.fields(cls):
+        v = _raw(parsed, f.name)
+        kind = _raw(parsed, f"{f.name}_type") or ""
+        sub = OmegaConf.get_type(v) if isinstance(v, DictConfig) else None
+        if sub is not None and not dataclasses.is_dataclass(sub):
+            sub = threestudio.find(kind).Config if kind and kind != "auto" else None
+        doc = f"  # {docs[f.name]}" if docs.get(f.name) else ""
+        if sub is not None:
+            out.append(f"{pad}{f.name}:{doc}")
+            out += describe_config(sub, parse_structured(sub, v, allow_missing=True), indent + 1)
+        else:
+            shown = OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v
+            out.append(f"{pad}{f.name}: {shown!r}{doc}")
+    return out
 
 
 def dump_config(path: str | Path, cfg: DictConfig) -> None:

@@ -7,6 +7,7 @@
   ``torch.cuda.set_per_process_memory_fraction`` and used to size batches (stage 2's VCR groups).
 * :func:`is_out_of_memory` / :func:`oom_message`: one clear message when a stage still runs out.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -108,8 +109,11 @@ def oom_message(stage: str, advice: str, trial_dir: str | Path, budget_gb: float
     """The one message a stage that ran out of GPU memory prints: which stage, the budget, what to
     lower, and the last checkpoint (nothing already written is removed)."""
     ckpt = Path(trial_dir) / "ckpts" / "last.ckpt"
-    where = (f"the last checkpoint is {ckpt} (continue with: python launch.py --train --resume {trial_dir})"
-             if ckpt.is_file() else f"no checkpoint was written yet; what the stage wrote is kept in {trial_dir}")
+    where = (
+        f"the last checkpoint is {ckpt} (continue with: python launch.py --train --resume {trial_dir})"
+        if ckpt.is_file()
+        else f"no checkpoint was written yet; what the stage wrote is kept in {trial_dir}"
+    )
     budget = f" within its budget of {budget_gb:.1f} GiB" if budget_gb else ""
     return f"{stage} ran out of GPU memory{budget}: {advice}; {where}"
 

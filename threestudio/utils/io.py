@@ -1,11 +1,12 @@
 """Atomic file writing, images and video."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -74,8 +75,16 @@ def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
             vw.release()
         return
     with atomic_path(path) as tmp:
-        w = iio2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                            pixelformat="yuv420p", macro_block_size=2, quality=8)
+        w = iio2.get_writer(
+            tmp,
+            format="FFMPEG",
+            mode="I",
+            fps=fps,
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=2,
+            quality=8,
+        )
         try:
             for f in frames:
                 w.append_data(f)

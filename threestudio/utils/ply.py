@@ -6,6 +6,7 @@ Stored values are the *raw* (pre-activation) parameters: opacity as a logit, sca
 rotations as unnormalised (w, x, y, z) quaternions, colours as SH coefficients with ``f_rest``
 in channel-major order. Extra per-Gaussian properties (e.g. specular features) are kept.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,11 +16,27 @@ import numpy as np
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path
 
-REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-            "rot_0", "rot_1", "rot_2", "rot_3")
+REQUIRED = (
+    "x",
+    "y",
+    "z",
+    "f_dc_0",
+    "f_dc_1",
+    "f_dc_2",
+    "opacity",
+    "scale_0",
+    "scale_1",
+    "scale_2",
+    "rot_0",
+    "rot_1",
+    "rot_2",
+    "rot_3",
+)
 
 
-def write_gaussian_ply(path: str | Path, params: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None) -> None:
+def write_gaussian_ply(
+    path: str | Path, params: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None
+) -> None:
     """Write Gaussians atomically.
 
     Args:
@@ -74,8 +91,10 @@ def read_gaussian_ply(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str
     names = v.dtype.names
     missing = [r for r in REQUIRED if r not in names]
     if missing:
-        raise UserError(f"{path} is not a 3DGS PLY: missing properties {', '.join(missing)} "
-                        "(expected x y z f_dc_* opacity scale_* rot_*, as written by 3DGS trainers)")
+        raise UserError(
+            f"{path} is not a 3DGS PLY: missing properties {', '.join(missing)} "
+            "(expected x y z f_dc_* opacity scale_* rot_*, as written by 3DGS trainers)"
+        )
     n = len(v)
     rest_names = sorted([p for p in names if p.startswith("f_rest_")], key=lambda s: int(s.split("_")[-1]))
     if len(rest_names) % 3:

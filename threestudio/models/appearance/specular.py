@@ -9,6 +9,7 @@ rasterisation. See :mod:`threestudio.ops.asg` for why the lobe axes must not be 
 Files: the network is saved beside the avatar as ``avatar.specular.safetensors`` (weights + the config
 as JSON metadata; loading never runs code). The feature vectors live in the PLY (``spec_*``).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,31 +34,33 @@ FORMAT_VERSION = "2"
 PARAMS_PER_LOBE = 9  # rgb amplitude 3, sharpness 2, axis 3, twist 1
 
 
-@dataclass
-class SpecularConfig:
-    feature_dim: int = 32
-    """Latent feature per Gaussian (stored in the PLY as spec_0..spec_{D-1})."""
-    num_lobes: int = 4
-    hidden_dim: int = 64
-    max_sharpness: float = 64.0
-    """Upper bound of both ASG sharpnesses (lobes from broad sheen to tight highlights)."""
-    max_amplitude: float = 1.0
-    """Upper bound of the summed specular RGB (each lobe's amplitude is at most max_amplitude / L per
-    channel): highlights can reach white on a mid-grey surface but not blow up."""
-    lr_network: float = 1.0e-3
-    lr_features: float = 0.0125
-
-
 @threestudio.register("asg-specular-appearance")
 class SpecularAppearance(nn.Module):
     """``colors(model, c2w)`` -> [B, N, 3] diffuse + specular RGB for B cameras."""
 
+    @dataclass
+    class Config:
+        feature_dim: int = 32
+        """Latent feature per Gaussian (stored in the PLY as spec_0..spec_{D-1})."""
+        num_lobes: int = 4
+        """Anisotropic spherical-Gaussian lobes L per Gaussian."""
+        hidden_dim: int = 64
+        """Width of the MLP's hidden layer."""
+        max_sharpness: float = 64.0
+        """Upper bound of both ASG sharpnesses (lobes from broad sheen to tight highlights)."""
+        max_amplitude: float = 1.0
+        """Upper bound of the summed specular RGB (each lobe's amplitude is at most max_amplitude / L per
+        channel): highlights can reach white on a mid-grey surface but not blow up."""
+        lr_network: float = 1.0e-3
+        """Adam learning rate of the MLP."""
+
     def __init__(self, cfg: dict | None = None):
         super().__init__()
-        self.cfg = parse_structured(SpecularConfig, cfg)
+        self.cfg = parse_structured(self.Config, cfg)
         c = self.cfg
-        self.mlp = nn.Sequential(nn.Linear(c.feature_dim, c.hidden_dim), nn.ReLU(),
-                                 nn.Linear(c.hidden_dim, c.num_lobes * PARAMS_PER_LOBE))
+        self.mlp = nn.Sequential(
+            nn.Linear(c.feature_dim, c.hidden_dim), nn.ReLU(), nn.Linear(c.hidden_dim, c.num_lobes * PARAMS_PER_LOBE)
+        )
         with torch.no_grad():  # start nearly diffuse: small amplitudes; lobe axes near the normal
             b = self.mlp[-1].bias.view(c.num_lobes, PARAMS_PER_LOBE)
             b[:, :3] = -4.0
@@ -69,9 +72,13 @@ class SpecularAppearance(nn.Module):
         c = self.cfg
         p = self.mlp(features).view(features.shape[0], c.num_lobes, PARAMS_PER_LOBE)
         s = c.max_sharpness
-        return {"amplitude": (c.max_amplitude / c.num_lobes) * torch.sigmoid(p[..., :3]),
-                "lam": s * torch.sigmoid(p[..., 3]) + 1e-3, "mu": s * torch.sigmoid(p[..., 4]) + 1e-3,
-                "axis": F.normalize(p[..., 5:8], dim=-1, eps=1e-6), "twist": torch.pi * torch.tanh(p[..., 8])}
+        return {
+            "amplitude": (c.max_amplitude / c.num_lobes) * torch.sigmoid(p[..., :3]),
+            "lam": s * torch.sigmoid(p[..., 3]) + 1e-3,
+            "mu": s * torch.sigmoid(p[..., 4]) + 1e-3,
+            "axis": F.normalize(p[..., 5:8], dim=-1, eps=1e-6),
+            "twist": torch.pi * torch.tanh(p[..., 8]),
+        }
 
     def specular(self, means, quats, scales, features, c2w) -> torch.Tensor:
         """Specular RGB [B, N, 3] for Gaussians (world-frame means [N, 3], quats [N, 4], activated
@@ -101,7 +108,7 @@ class SpecularAppearance(nn.Module):
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp, metadata=meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SpecularAppearance":
+    def load(cls, path: str | Path) -> SpecularAppearance:
         """Read a network written by :meth:`save` (no code is run: safetensors + JSON).
 
         Raises:
@@ -116,8 +123,10 @@ class SpecularAppearance(nn.Module):
                 meta = f.metadata() or {}
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"{path}: not a specular network file (expected safetensors written by this tool; "
-                            f"nothing in it was run): {e}") from None
+            raise UserError(
+                f"{path}: not a specular network file (expected safetensors written by this tool; "
+                f"nothing in it was run): {e}"
+            ) from None
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise UserError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file (metadata {meta})")
         m = cls(json.loads(meta["config"]))

@@ -4,6 +4,7 @@ Anny's rest pose is already an A-pose (arms ~45° below horizontal, like the SMP
 method §2.1), so it is used as is. Anny's native frame is z up, facing -y, left at +x; a 180°
 rotation about z (a proper rotation) brings it to the template frame (facing +y, left at -x).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

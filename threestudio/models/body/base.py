@@ -1,4 +1,5 @@
 """Base class of body-template plugins: build once, cache as a compact template file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,6 +30,7 @@ class BodyModel(BaseObject):
         """Explicit template ``.npz`` (from ``python -m threestudio.models.body.export``); empty ->
         use the cache folder."""
         use_cache: bool = True
+        """Cache the built template under ``$GIP_CACHE_DIR`` (``~/.cache/gaussianip``) and reuse it."""
 
     def cache_key(self) -> dict:
         raise NotImplementedError

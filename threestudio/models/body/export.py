@@ -4,6 +4,7 @@ The file loads in milliseconds (``system.body.template_path=OUT.npz``) and carri
 run needs (vertices, faces, joints, skinning weights, keypoints), so machines without the body
 package (or without the 100 MB anny data) can still train and animate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,10 @@ def main(argv=None) -> None:
     t = time.time()
     tpl = threestudio.find(f"{args.body}-body")({"use_cache": True}).template()
     tpl.save(args.out)
-    print(f"wrote {args.out}: {tpl.vertices.shape[0]} vertices, {tpl.faces.shape[0]} faces, "
-          f"{tpl.joints.shape[0]} joints, height {tpl.height:.3f} ({time.time() - t:.1f} s)")
+    print(
+        f"wrote {args.out}: {tpl.vertices.shape[0]} vertices, {tpl.faces.shape[0]} faces, "
+        f"{tpl.joints.shape[0]} joints, height {tpl.height:.3f} ({time.time() - t:.1f} s)"
+    )
 
 
 if __name__ == "__main__":

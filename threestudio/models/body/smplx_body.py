@@ -5,6 +5,7 @@ The files are licence-gated (https://smpl-x.is.tue.mpg.de): point ``SMPLX_DIR`` 
 Pose: the A-pose of method §2.1 (hips, shoulders ∓π/4, wrists). SMPL-X's native frame is y up,
 facing +z, left at +x; the proper rotation (x, y, z) -> (-x, z, y) brings it to the template frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ import torch
 
 import threestudio
 from threestudio.models.body.base import BodyModel
+from threestudio.models.body.smplx_joints import SMPLX_NATIVE_TO_WORLD
 from threestudio.models.body.template import (
     BodyTemplate,
     apply_similarity,
@@ -27,7 +29,7 @@ from threestudio.models.body.template import (
 )
 from threestudio.utils.errors import UserError
 
-_SMPLX_TO_WORLD = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+_SMPLX_TO_WORLD = SMPLX_NATIVE_TO_WORLD.double()
 
 # SMPL-X joint index of each OpenPose-18 keypoint (method §2.1).
 SMPLX_TO_OPENPOSE18 = (55, 12, 17, 19, 21, 16, 18, 20, 2, 5, 8, 1, 4, 7, 56, 57, 58, 59)
@@ -76,6 +78,7 @@ class SMPLXBody(BodyModel):
         model_path: str = "${oc.env:SMPLX_DIR,''}"
         """Folder that contains ``smplx/SMPLX_<GENDER>.npz`` (or the ``smplx`` folder itself)."""
         gender: str = "neutral"
+        """SMPL-X model gender: ``neutral``, ``male`` or ``female``."""
 
     def _model_file(self) -> Path:
         root = Path(os.path.expanduser(self.cfg.model_path or ""))
@@ -86,8 +89,9 @@ class SMPLXBody(BodyModel):
         raise UserError(
             f"SMPL-X model file {name} not found under {str(root)!r}. The 'smplx' body template needs "
             "the licence-gated SMPL-X files: register at https://smpl-x.is.tue.mpg.de, download "
-            "'SMPL-X v1.1 (NPZ)', and set SMPLX_DIR to the folder that contains smplx/" + name +
-            " (or use the default 'anny' template, which needs no file)."
+            "'SMPL-X v1.1 (NPZ)', and set SMPLX_DIR to the folder that contains smplx/"
+            + name
+            + " (or use the default 'anny' template, which needs no file)."
         )
 
     def cache_key(self) -> dict:
@@ -100,9 +104,17 @@ class SMPLXBody(BodyModel):
 
         with tempfile.TemporaryDirectory() as tmp:  # smplx's own loader unpickles: give it a clean copy
             clean = pickle_free_npz(self._model_file(), Path(tmp))
-            model = smplx.create(str(clean), model_type="smplx", gender=self.cfg.gender, use_pca=False,
-                                 flat_hand_mean=True, use_face_contour=False, num_betas=10,
-                                 num_expression_coeffs=10, ext="npz").double()
+            model = smplx.create(
+                str(clean),
+                model_type="smplx",
+                gender=self.cfg.gender,
+                use_pca=False,
+                flat_hand_mean=True,
+                use_face_contour=False,
+                num_betas=10,
+                num_expression_coeffs=10,
+                ext="npz",
+            ).double()
         body_pose = smplx_apose_body_pose().reshape(1, -1)
         with torch.no_grad():
             out = model(body_pose=body_pose, return_full_pose=True)

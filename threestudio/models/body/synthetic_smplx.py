@@ -6,6 +6,7 @@ into SMPL-X's native frame (y up, facing +z, left at +x) and un-A-posed to a T-p
 
     python -m threestudio.models.body.synthetic_smplx OUT_DIR   # writes OUT_DIR/smplx/SMPLX_NEUTRAL.npz
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,18 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from threestudio.models.body.smplx_joints import ANNY_JOINT_MAP, SMPLX_NATIVE_TO_WORLD, SMPLX_PARENTS
 from threestudio.models.body.template import BodyTemplate
 
 # 55 SMPL-X kinematic parents: 22 body joints, jaw, two eyes, 15 + 15 finger joints
-SMPLX_PARENTS_55 = ([-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 15, 15, 15]
-                    + [20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38]
-                    + [21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53])
+SMPLX_PARENTS_55 = (
+    list(SMPLX_PARENTS)
+    + [15, 15, 15]
+    + [20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38]
+    + [21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53]
+)
 
 
 def write_synthetic_smplx(out_dir: str | Path, template: BodyTemplate) -> Path:
     """Write ``out_dir/smplx/SMPLX_NEUTRAL.npz`` built from ``template`` (an anny template)."""
-    from threestudio.animation.motion import ANNY_JOINT_MAP, SMPLX_NATIVE_TO_WORLD
-
     M = SMPLX_NATIVE_TO_WORLD.double()
     v = (template.vertices.double() @ M).numpy()  # world -> native (M orthogonal: x_n = M^T x_w)
     names = {n: i for i, n in enumerate(template.joint_names)}
@@ -51,12 +54,21 @@ def write_synthetic_smplx(out_dir: str | Path, template: BodyTemplate) -> Path:
     W[np.arange(V), anny_to_smplx[dom]] = 1.0
     F = template.faces.numpy()
     arrays = dict(
-        v_template=v, f=F.astype(np.int64), J_regressor=J_reg, weights=W,
+        v_template=v,
+        f=F.astype(np.int64),
+        J_regressor=J_reg,
+        weights=W,
         kintree_table=np.stack([np.array(SMPLX_PARENTS_55), np.arange(55)]).astype(np.int64),
-        shapedirs=np.zeros((V, 3, 400)), posedirs=np.zeros((V, 3, 486)),
-        hands_componentsl=np.eye(45), hands_componentsr=np.eye(45), hands_meanl=np.zeros(45), hands_meanr=np.zeros(45),
-        lmk_faces_idx=np.zeros(51, np.int64), lmk_bary_coords=np.full((51, 3), 1 / 3),
-        dynamic_lmk_faces_idx=np.zeros((79, 17), np.int64), dynamic_lmk_bary_coords=np.full((79, 17, 3), 1 / 3),
+        shapedirs=np.zeros((V, 3, 400)),
+        posedirs=np.zeros((V, 3, 486)),
+        hands_componentsl=np.eye(45),
+        hands_componentsr=np.eye(45),
+        hands_meanl=np.zeros(45),
+        hands_meanr=np.zeros(45),
+        lmk_faces_idx=np.zeros(51, np.int64),
+        lmk_bary_coords=np.full((51, 3), 1 / 3),
+        dynamic_lmk_faces_idx=np.zeros((79, 17), np.int64),
+        dynamic_lmk_bary_coords=np.full((79, 17, 3), 1 / 3),
     )
     out = Path(out_dir) / "smplx" / "SMPLX_NEUTRAL.npz"
     out.parent.mkdir(parents=True, exist_ok=True)

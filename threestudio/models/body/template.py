@@ -8,6 +8,7 @@ reference implementation, method §2.1, so that its camera distances carry over)
 from a body model's native frame is a proper rotation (never an axis swap, which would mirror the
 body: method §12.3).
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -53,7 +54,7 @@ class BodyTemplate:
     vertices: Float[Tensor, "V 3"]
     faces: Int[Tensor, "F 3"]
     joints: Float[Tensor, "J 3"]
-    parents: Int[Tensor, "J"]
+    parents: Int[Tensor, " J"]
     joint_names: list
     skin_indices: Int[Tensor, "V K"]
     skin_weights: Float[Tensor, "V K"]
@@ -66,7 +67,7 @@ class BodyTemplate:
         return float(self.vertices[:, 2].max() - self.vertices[:, 2].min())
 
     @property
-    def head_center(self) -> Float[Tensor, "3"]:
+    def head_center(self) -> Float[Tensor, 3]:
         """Midpoint of the two ears (OpenPose 16/17): a stable head centre."""
         return 0.5 * (self.keypoints[16] + self.keypoints[17])
 
@@ -84,7 +85,7 @@ class BodyTemplate:
                 np.savez_compressed(fh, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path) -> "BodyTemplate":
+    def load(cls, path: str | Path) -> BodyTemplate:
         """Read a template written by :meth:`save` (``allow_pickle=False``: a shared file never runs code).
 
         Raises:
@@ -98,8 +99,10 @@ class BodyTemplate:
             with np.load(p, allow_pickle=False) as z:
                 version = int(z["format_version"]) if "format_version" in z.files else -1
                 if version != FORMAT_VERSION:
-                    raise UserError(f"{path} is not a body template of format version {FORMAT_VERSION} "
-                                    "(write one with: python -m threestudio.models.body.export anny OUT.npz)")
+                    raise UserError(
+                        f"{path} is not a body template of format version {FORMAT_VERSION} "
+                        "(write one with: python -m threestudio.models.body.export anny OUT.npz)"
+                    )
                 kw = {}
                 for f in fields(cls):
                     a = z[f.name]
@@ -121,7 +124,7 @@ class BodyTemplate:
 
 def similarity_to_world(
     vertices: Float[Tensor, "V 3"], rotation: Float[Tensor, "3 3"]
-) -> tuple[Float[Tensor, "3 3"], Float[Tensor, "3"], float]:
+) -> tuple[Float[Tensor, "3 3"], Float[Tensor, 3], float]:
     """Return ``(R, c, s)`` such that ``x_world = s * R @ (x - c)`` rotates a body model's native
     frame into the template frame, centres its bounding box and scales it to :data:`BODY_HEIGHT`.
 
@@ -156,7 +159,7 @@ def frames_to_world(frames: Float[Tensor, "J 4 4"], R: Tensor, c: Tensor, s: flo
 
 def sample_surface(
     template: BodyTemplate, n: int, seed: int = 0
-) -> tuple[Float[Tensor, "n 3"], Int[Tensor, "n"], Float[Tensor, "n 3"]]:
+) -> tuple[Float[Tensor, "n 3"], Int[Tensor, " n"], Float[Tensor, "n 3"]]:
     """Area-weighted uniform samples on the template surface (method §2.2).
 
     Returns:

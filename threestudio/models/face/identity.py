@@ -10,6 +10,7 @@ Two detectors, one recogniser path:
   offline ``tiny`` preset so that "no face in the image" stays a real check.
 The largest face is used. Unlike the reference (method §5.2), the crop given to CLIP is RGB.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,8 +25,13 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError, UserError
 
 # ArcFace 112x112 reference landmarks (insightface face_align.arcface_dst), as fractions of the box.
-_ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
-                         [70.7299, 92.2041]], dtype=np.float32) / 112.0
+_ARCFACE_DST = (
+    np.array(
+        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+        dtype=np.float32,
+    )
+    / 112.0
+)
 
 
 def load_image_rgb(path: str | Path) -> np.ndarray:
@@ -63,10 +69,13 @@ class FaceIdentity(BaseObject):
         detector: str = "insightface"
         """``insightface`` (SCRFD of the model pack) or ``haar`` (OpenCV cascade, tiny preset)."""
         model_name: str = "buffalo_l"
+        """insightface model pack (SCRFD detector + ArcFace recogniser)."""
         root: str = "${oc.env:INSIGHTFACE_HOME,'~/.insightface'}"
         """insightface root; the model pack lives in ``<root>/models/<model_name>/``."""
         det_size: int = 640
+        """Detector input size in pixels."""
         crop_size: int = 224
+        """Side of the aligned face crop given to the CLIP image encoder, pixels."""
 
     def model_dir(self) -> Path:
         return Path(os.path.expanduser(self.cfg.root)) / "models" / self.cfg.model_name
@@ -75,9 +84,11 @@ class FaceIdentity(BaseObject):
         """Human-readable list of what is missing (empty when ready)."""
         d = self.model_dir()
         if not glob.glob(str(d / "*.onnx")):
-            return [f"insightface model pack '{self.cfg.model_name}' (expected ONNX files in {d}); on a machine "
-                    f"with network access run: python -c \"from insightface.app import FaceAnalysis; "
-                    f"FaceAnalysis(name='{self.cfg.model_name}', root='{self.cfg.root}')\" and copy that folder"]
+            return [
+                f"insightface model pack '{self.cfg.model_name}' (expected ONNX files in {d}); on a machine "
+                f'with network access run: python -c "from insightface.app import FaceAnalysis; '
+                f"FaceAnalysis(name='{self.cfg.model_name}', root='{self.cfg.root}')\" and copy that folder"
+            ]
         return []
 
     def configure(self) -> None:
@@ -94,8 +105,12 @@ class FaceIdentity(BaseObject):
         if self.cfg.detector == "insightface":
             from insightface.app import FaceAnalysis
 
-            self._app = FaceAnalysis(name=str(self.model_dir()), root=os.path.expanduser(self.cfg.root),
-                                     providers=providers, allowed_modules=["detection", "recognition"])
+            self._app = FaceAnalysis(
+                name=str(self.model_dir()),
+                root=os.path.expanduser(self.cfg.root),
+                providers=providers,
+                allowed_modules=["detection", "recognition"],
+            )
             self._app.prepare(ctx_id=0, det_size=(self.cfg.det_size, self.cfg.det_size))
         elif self.cfg.detector == "haar":
             from insightface.model_zoo import model_zoo
@@ -128,21 +143,28 @@ class FaceIdentity(BaseObject):
         if self._app is not None:
             faces = self._app.get(bgr)
             if not faces:
-                raise UserError(f"no face found in {image_path}: use a photo with a clearly visible, roughly frontal face")
+                raise UserError(
+                    f"no face found in {image_path}: use a photo with a clearly visible, roughly frontal face"
+                )
             f = max(faces, key=lambda x: (x.bbox[2] - x.bbox[0]) * (x.bbox[3] - x.bbox[1]))
             emb, kps, bbox = f.normed_embedding, f.kps, f.bbox
         else:
             bbox = _haar_largest_face(rgb)
             if bbox is None:
-                raise UserError(f"no face found in {image_path}: use a photo with a clearly visible, roughly frontal face")
+                raise UserError(
+                    f"no face found in {image_path}: use a photo with a clearly visible, roughly frontal face"
+                )
             x0, y0, x1, y1 = bbox
             kps = _ARCFACE_DST * np.array([x1 - x0, y1 - y0], np.float32) + np.array([x0, y0], np.float32)
             face = Face(bbox=np.asarray(bbox, np.float32), kps=kps, det_score=1.0)
             raw = self._rec.get(bgr, face)
             emb = raw / (np.linalg.norm(raw) + 1e-12)
         crop_bgr = face_align.norm_crop(bgr, landmark=np.asarray(kps, np.float32), image_size=self.cfg.crop_size)
-        return FaceID(embedding=np.asarray(emb, np.float32), crop=np.ascontiguousarray(crop_bgr[..., ::-1]),
-                      bbox=np.asarray(bbox, np.float32))
+        return FaceID(
+            embedding=np.asarray(emb, np.float32),
+            crop=np.ascontiguousarray(crop_bgr[..., ::-1]),
+            bbox=np.asarray(bbox, np.float32),
+        )
 
 
 def _haar_largest_face(rgb: np.ndarray):

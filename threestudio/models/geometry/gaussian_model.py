@@ -1,5 +1,6 @@
 """3D Gaussians initialised on a body template (method §2.2) with per-attribute learning rates
 (method §2.3) and standard 3DGS PLY import/export."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,25 +41,37 @@ class GaussianModel(BaseModule):
         num_points: int = 100_000
         """Surface samples at initialisation (method §2.2)."""
         sh_degree: int = 0
+        """Spherical-harmonics degree of the colour (method §2.2: 0, view-independent)."""
         init_color: float = 0.5
         """Grey level of every Gaussian at start (SH DC = RGB2SH(0.5) = 0)."""
         init_opacity: float = 0.1
+        """Opacity of every Gaussian at start (method §2.2)."""
         knn: int = 3
+        """Nearest neighbours whose mean squared distance sets the initial isotropic scale (method §2.2)."""
         seed: int = 0
+        """Seed of the surface sampling."""
         spatial_lr_scale: float = 4.0
         """Camera extent of the reference; multiplies the position learning rate (method §2.3)."""
         lr_means: float = 5.0e-5
+        """Initial Adam learning rate of the centres (times ``spatial_lr_scale``; method §2.3)."""
         lr_means_final: float = 2.5e-5
+        """Learning rate of the centres at ``lr_means_max_steps`` (log-linear decay)."""
         lr_means_max_steps: int = 30_000
         """Log-linear decay horizon of the position lr (the reference never reaches its end)."""
         lr_f_dc: float = 0.0125
+        """Adam learning rate of the SH DC colour (method §2.3)."""
         lr_f_rest: float = 0.0125 / 20
+        """Adam learning rate of the higher SH bands."""
         lr_opacity: float = 0.01
+        """Adam learning rate of the opacity logits."""
         lr_scales: float = 0.005
+        """Adam learning rate of the log-scales."""
         lr_quats: float = 0.001
+        """Adam learning rate of the rotation quaternions."""
         spec_feature_dim: int = 0
         """Latent specular feature per Gaussian (0 = diffuse only; the specular preset sets 32)."""
         lr_spec_features: float = 0.0125
+        """Adam learning rate of the specular features."""
 
     def configure(self) -> None:
         n = 1
@@ -78,20 +91,30 @@ class GaussianModel(BaseModule):
         return PARAM_NAMES + (("spec_features",) if self.cfg.spec_feature_dim > 0 else ())
 
     # ----------------------------------------------------------------- construction
-    def init_from_template(self, template: BodyTemplate) -> "GaussianModel":
+    def init_from_template(self, template: BodyTemplate) -> GaussianModel:
         """Sample ``num_points`` Gaussians on the template surface (method §2.2)."""
         pts, _, _ = sample_surface(template, self.cfg.num_points, seed=self.cfg.seed)
         n = pts.shape[0]
-        self.set_params({
-            "means": pts,
-            "f_dc": rgb_to_sh0(torch.full((n, 3), self.cfg.init_color)),
-            "f_rest": torch.zeros(n, (self.cfg.sh_degree + 1) ** 2 - 1, 3),
-            "opacity_logit": inverse_sigmoid(torch.full((n,), self.cfg.init_opacity)),
-            "log_scales": knn_isotropic_log_scale(pts, self.cfg.knn),
-            "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
-            **({"spec_features": 0.1 * torch.randn(n, self.cfg.spec_feature_dim, generator=torch.Generator().manual_seed(self.cfg.seed))}
-               if self.cfg.spec_feature_dim > 0 else {}),
-        })
+        self.set_params(
+            {
+                "means": pts,
+                "f_dc": rgb_to_sh0(torch.full((n, 3), self.cfg.init_color)),
+                "f_rest": torch.zeros(n, (self.cfg.sh_degree + 1) ** 2 - 1, 3),
+                "opacity_logit": inverse_sigmoid(torch.full((n,), self.cfg.init_opacity)),
+                "log_scales": knn_isotropic_log_scale(pts, self.cfg.knn),
+                "quats": torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1),
+                **(
+                    {
+                        "spec_features": 0.1
+                        * torch.randn(
+                            n, self.cfg.spec_feature_dim, generator=torch.Generator().manual_seed(self.cfg.seed)
+                        )
+                    }
+                    if self.cfg.spec_feature_dim > 0
+                    else {}
+                ),
+            }
+        )
         return self
 
     def set_params(self, params: dict[str, Tensor]) -> None:
@@ -106,7 +129,7 @@ class GaussianModel(BaseModule):
 
     # ----------------------------------------------------------------- activations
     @property
-    def opacities(self) -> Float[Tensor, "N"]:
+    def opacities(self) -> Float[Tensor, " N"]:
         return torch.sigmoid(self.opacity_logit)
 
     @property
@@ -133,8 +156,11 @@ class GaussianModel(BaseModule):
             {"params": [self.opacity_logit], "lr": c.lr_opacity, "name": "opacity_logit"},
             {"params": [self.log_scales], "lr": c.lr_scales, "name": "log_scales"},
             {"params": [self.quats], "lr": c.lr_quats, "name": "quats"},
-        ] + ([{"params": [self.spec_features], "lr": c.lr_spec_features, "name": "spec_features"}]
-             if c.spec_feature_dim > 0 else [])
+        ] + (
+            [{"params": [self.spec_features], "lr": c.lr_spec_features, "name": "spec_features"}]
+            if c.spec_feature_dim > 0
+            else []
+        )
 
     def means_lr(self, step: int) -> float:
         """Log-linear position lr (3DGS ``get_expon_lr_func`` without delay)."""
@@ -186,14 +212,18 @@ class GaussianModel(BaseModule):
 
         k = (self.cfg.sh_degree + 1) ** 2 - 1
         if params["f_rest"].shape[1] != k:
-            raise UserError(f"{source}: has {params['f_rest'].shape[1]} f_rest bands per channel, this "
-                            f"model expects SH degree {self.cfg.sh_degree} ({k}); set "
-                            "system.geometry.sh_degree accordingly")
+            raise UserError(
+                f"{source}: has {params['f_rest'].shape[1]} f_rest bands per channel, this "
+                f"model expects SH degree {self.cfg.sh_degree} ({k}); set "
+                "system.geometry.sh_degree accordingly"
+            )
         d = self.cfg.spec_feature_dim
         if d > 0 and "spec_features" not in params:
             spec = sorted([k_ for k_ in extra if k_.startswith("spec_")], key=lambda q: int(q.split("_")[1]))
             if len(spec) != d:
-                raise UserError(f"{source}: has {len(spec)} specular features per Gaussian, expected {d} "
-                                "(a diffuse-only PLY loads with system.geometry.spec_feature_dim=0)")
+                raise UserError(
+                    f"{source}: has {len(spec)} specular features per Gaussian, expected {d} "
+                    "(a diffuse-only PLY loads with system.geometry.spec_feature_dim=0)"
+                )
             params = {**params, "spec_features": np.stack([extra[k_] for k_ in spec], 1).astype(np.float32)}
         self.set_params({k_: torch.as_tensor(v) for k_, v in params.items()})

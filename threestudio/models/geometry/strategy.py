@@ -15,16 +15,24 @@ and every event reports its counts. Other fixes (method §12.2, §12.4): the con
 thresholds are used as given; prune-only events fire on their schedule; optimiser moments are carried
 over for kept Gaussians and zero for new ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
 from threestudio.models.geometry.gaussian_model import GaussianModel
 from threestudio.ops.densify import cap_growth, densify_masks, ndc_grad_norm, prune_mask, split_children
 from threestudio.utils.config import parse_structured
-from threestudio.utils.errors import ConfigError
+
+
+class DensifySelect(str, Enum):
+    """Which Gaussians an event densifies (see the module docstring)."""
+
+    visible = "visible"
+    gradient = "gradient"
 
 
 @dataclass
@@ -35,17 +43,21 @@ class DensifyPolicy:
     """Steps of prune-only events (reference: 1800)."""
     stats_until: int = 1900
     """Accumulate gradient statistics up to this step."""
-    select: str = "visible"
+    select: DensifySelect = DensifySelect.visible
     """``visible``: densify every Gaussian seen with a non-zero gradient (the reference's effective
     behaviour, see the module docstring); ``gradient``: only those above ``grad_threshold``."""
     grad_threshold: float = 2.0e-4
     """Mean NDC gradient norm above which a Gaussian is densified (``select: gradient``)."""
     percent_dense: float = 0.01
+    """Clone/split boundary as a fraction of ``scene_extent`` (3DGS)."""
     scene_extent: float = 4.0
     """Clone if max scale <= percent_dense * scene_extent, else split (0.04 world units)."""
     n_split: int = 2
+    """Children per split Gaussian (3DGS: 2)."""
     densify_min_opacity: float = 0.05
+    """Densify events also prune Gaussians below this opacity."""
     prune_min_opacity: float = 0.04
+    """Prune-only events remove Gaussians below this opacity."""
     prune_max_world_size: float = 0.015
     """Prune-only: remove Gaussians whose largest scale exceeds this (world units); <=0 disables."""
     max_screen_size: float = 0.0
@@ -60,8 +72,6 @@ class DensifyStrategy:
 
     def __init__(self, cfg: dict | None = None):
         self.cfg = parse_structured(DensifyPolicy, cfg)
-        if self.cfg.select not in ("visible", "gradient"):
-            raise ConfigError(f"densify.select must be 'visible' or 'gradient', got {self.cfg.select!r}")
         self.reset(0)
 
     def reset(self, n: int, device=None) -> None:
@@ -94,7 +104,7 @@ class DensifyStrategy:
             params = {k: getattr(model, k).detach() for k in model.param_names}
             max_scale = torch.exp(params["log_scales"]).max(-1).values
             # visible: any non-zero gradient (the smallest positive float as threshold)
-            thr = c.grad_threshold if c.select == "gradient" else float(torch.finfo(torch.float32).tiny)
+            thr = c.grad_threshold if c.select is DensifySelect.gradient else float(torch.finfo(torch.float32).tiny)
             clone, split = densify_masks(grad_mean, max_scale, thr, c.percent_dense * c.scene_extent)
             clone, split = cap_growth(grad_mean, clone, split, c.max_points - model.num_points, c.n_split)
             new = {k: torch.cat([params[k][clone], v]) for k, v in split_children(params, split, c.n_split).items()}
@@ -103,16 +113,32 @@ class DensifyStrategy:
             n_after_grow = model.num_points
             opac = torch.sigmoid(model.opacity_logit.detach())
             radii = torch.cat([self.max_radii[keep], torch.zeros(new["means"].shape[0], device=opac.device)])
-            pm = prune_mask(opac, torch.exp(model.log_scales.detach()).max(-1).values, c.densify_min_opacity,
-                            None, radii, c.max_screen_size or None)
+            pm = prune_mask(
+                opac,
+                torch.exp(model.log_scales.detach()).max(-1).values,
+                c.densify_min_opacity,
+                None,
+                radii,
+                c.max_screen_size or None,
+            )
             _edit(model, optimizer, ~pm, None)
-            info = {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": int(pm.sum()),
-                    "grown_to": n_after_grow, "points": model.num_points, "cap": c.max_points}
+            info = {
+                "cloned": int(clone.sum()),
+                "split": int(split.sum()),
+                "pruned": int(pm.sum()),
+                "grown_to": n_after_grow,
+                "points": model.num_points,
+                "cap": c.max_points,
+            }
             self.reset(model.num_points, model.means.device)
         elif step in c.prune_steps:
             opac = torch.sigmoid(model.opacity_logit.detach())
-            pm = prune_mask(opac, torch.exp(model.log_scales.detach()).max(-1).values, c.prune_min_opacity,
-                            c.prune_max_world_size if c.prune_max_world_size > 0 else None)
+            pm = prune_mask(
+                opac,
+                torch.exp(model.log_scales.detach()).max(-1).values,
+                c.prune_min_opacity,
+                c.prune_max_world_size if c.prune_max_world_size > 0 else None,
+            )
             _edit(model, optimizer, ~pm, None)
             info = {"pruned": int(pm.sum()), "points": model.num_points}
             self.reset(model.num_points, model.means.device)

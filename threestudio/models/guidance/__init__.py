@@ -1,2 +1,3 @@
 """Diffusion guidance (ControlNet + IP-Adapter FaceID)."""
+
 from threestudio.models.guidance import faceid_controlnet  # noqa: F401

@@ -7,6 +7,7 @@ Everything is loaded with diffusers/transformers ``from_pretrained`` (hub ids or
 the reference: bf16 (not fp16) on GPU; the ControlNet sees the 77 text tokens only (method §5.2);
 the CLIP crop is RGB; the timestep schedule follows the configured step count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,13 +41,18 @@ class FaceIDControlNetGuidance(BaseObject):
         pretrained_model_name_or_path: str = "SG161222/Realistic_Vision_V4.0_noVAE"
         """UNet, text encoder and tokenizer (diffusers layout)."""
         vae_name_or_path: str = "stabilityai/sd-vae-ft-mse"
+        """VAE (hub id or local folder)."""
         controlnet_name_or_path: str = "lllyasviel/control_v11p_sd15_openpose"
+        """OpenPose ControlNet (hub id or local folder)."""
         ip_adapter_name_or_path: str = "h94/IP-Adapter-FaceID"
+        """Repository or folder holding the IP-Adapter weight file."""
         ip_adapter_weight_name: str = "ip-adapter-faceid-plusv2_sd15.bin"
+        """IP-Adapter FaceID-Plus-v2 weight file name."""
         image_encoder_name_or_path: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+        """CLIP ViT-H/14 image encoder of IP-Adapter FaceID-Plus-v2 (hub id or local folder)."""
         irr_image_path: str = "${repo:'threestudio/assets/irr_woman.png'}"
         """Irrelevant identity for the null branch (method §5.2)."""
-        face: dict = field(default_factory=dict)
+        face: FaceIdentity.Config = field(default_factory=FaceIdentity.Config)
         """Config of the face identity extractor (``insightface-face-id``)."""
         local_files_only: bool = True
         """Never download at run time (set false to let diffusers fetch missing weights)."""
@@ -57,12 +63,15 @@ class FaceIDControlNetGuidance(BaseObject):
         """fp16 only: the SDS gradient is multiplied by this while it flows back through the fp16 VAE
         encoder and divided again at the fp32 renders, so that it does not underflow (|dL/dz| <= 0.25/B)."""
         guidance_scale: float = 7.5
-        ipa_scale: float = 0.5
+        """CFG scale s of ANPG (method §6.1 step 5)."""
+        ip_adapter_scale: float = 0.5
         """IP-Adapter attention scale (method §5.2, stage 1)."""
-        ipa_shortcut_scale: float = 0.4
+        ip_adapter_shortcut_scale: float = 0.4
         """FaceID-Plus-v2 shortcut scale s (tokens = x + s·perceiver)."""
         controlnet_scale: float = 1.0
+        """ControlNet conditioning scale."""
         anpg_t_threshold: int = 170
+        """Below this timestep ANPG drops the negative-prompt term (method §6.1 step 5)."""
         grad_clip_threshold: float = 0.25
         """Per-latent-pixel L2 bound (over the 4 channels) of the SDS gradient; <= 0 disables. The
         reference clipped each latent *row* (64 values along the width, method §6.1 step 6) to 1.0; the
@@ -71,6 +80,7 @@ class FaceIDControlNetGuidance(BaseObject):
         sds_resolution: int = 512
         """Renders are resized to this before VAE encoding (method §6.1 step 1)."""
         max_t: int = 800
+        """Largest sampled timestep + 1 (AHDS prior support, method §6.2)."""
         n_steps: int = 0
         """Steps the AHDS schedule spans (>= 1). ``AHDSSystem`` sets it to ``trainer.max_steps`` when 0;
         code that calls the guidance itself must set it (0 raises instead of a 1-step schedule)."""
@@ -80,15 +90,28 @@ class FaceIDControlNetGuidance(BaseObject):
         """(what, name_or_path, marker file, download include) of every pretrained component."""
         c = self.cfg
         return [
-            ("UNet (Realistic Vision V4.0 noVAE)", c.pretrained_model_name_or_path, "unet/config.json",
-             "--include 'unet/*' 'text_encoder/*' 'tokenizer/*'"),
+            (
+                "UNet (Realistic Vision V4.0 noVAE)",
+                c.pretrained_model_name_or_path,
+                "unet/config.json",
+                "--include 'unet/*' 'text_encoder/*' 'tokenizer/*'",
+            ),
             ("CLIP text encoder", c.pretrained_model_name_or_path, "text_encoder/config.json", ""),
             ("CLIP tokenizer", c.pretrained_model_name_or_path, "tokenizer/tokenizer_config.json", ""),
             ("VAE (sd-vae-ft-mse)", c.vae_name_or_path, "config.json", ""),
             ("OpenPose ControlNet", c.controlnet_name_or_path, "config.json", ""),
-            ("IP-Adapter FaceID-Plus-v2", c.ip_adapter_name_or_path, c.ip_adapter_weight_name, c.ip_adapter_weight_name),
-            ("CLIP ViT-H image encoder", c.image_encoder_name_or_path, "config.json",
-             "--include config.json model.safetensors"),
+            (
+                "IP-Adapter FaceID-Plus-v2",
+                c.ip_adapter_name_or_path,
+                c.ip_adapter_weight_name,
+                c.ip_adapter_weight_name,
+            ),
+            (
+                "CLIP ViT-H image encoder",
+                c.image_encoder_name_or_path,
+                "config.json",
+                "--include config.json model.safetensors",
+            ),
         ]
 
     def missing(self) -> list[str]:
@@ -114,7 +137,13 @@ class FaceIDControlNetGuidance(BaseObject):
         miss = self.missing()
         if miss:
             raise MissingModelError("missing pretrained models:\n  " + "\n  ".join(miss))
-        from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
+        from diffusers import (
+            AutoencoderKL,
+            ControlNetModel,
+            DDIMScheduler,
+            StableDiffusionControlNetPipeline,
+            UNet2DConditionModel,
+        )
         from transformers import CLIPVisionModelWithProjection
 
         c = self.cfg
@@ -124,22 +153,41 @@ class FaceIDControlNetGuidance(BaseObject):
         unet = UNet2DConditionModel.from_pretrained(c.pretrained_model_name_or_path, subfolder="unet", **kw)
         vae = AutoencoderKL.from_pretrained(c.vae_name_or_path, **kw)
         controlnet = ControlNetModel.from_pretrained(c.controlnet_name_or_path, **kw)
-        self.scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                                       steps_offset=1)
-        pipe = StableDiffusionControlNetPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
-                                                 controlnet=controlnet, scheduler=self.scheduler, safety_checker=None,
-                                                 feature_extractor=None, image_encoder=None,
-                                                 requires_safety_checker=False)
-        pipe.load_ip_adapter(c.ip_adapter_name_or_path, subfolder="", weight_name=c.ip_adapter_weight_name,
-                             image_encoder_folder=None, **kw)
-        pipe.set_ip_adapter_scale(c.ipa_scale)
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        pipe = StableDiffusionControlNetPipeline(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
+        pipe.load_ip_adapter(
+            c.ip_adapter_name_or_path,
+            subfolder="",
+            weight_name=c.ip_adapter_weight_name,
+            image_encoder_folder=None,
+            **kw,
+        )
+        pipe.set_ip_adapter_scale(c.ip_adapter_scale)
         self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(c.image_encoder_name_or_path, **kw)
         self.unet, self.vae, self.controlnet = pipe.unet, pipe.vae, pipe.controlnet
         for m in (self.unet, self.vae, self.controlnet, self.image_encoder):
             m.to(self.device, self.dtype).eval().requires_grad_(False)
         proj = self.unet.encoder_hid_proj.image_projection_layers[0]
-        proj.shortcut, proj.shortcut_scale = True, c.ipa_shortcut_scale
+        proj.shortcut, proj.shortcut_scale = True, c.ip_adapter_shortcut_scale
         self.ip_projection = proj
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
@@ -152,7 +200,7 @@ class FaceIDControlNetGuidance(BaseObject):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def set_ip_scale(self, scale: float, shortcut_scale: float) -> None:
+    def set_ip_adapter_scale(self, scale: float, shortcut_scale: float) -> None:
         """IP-Adapter attention scale and FaceID-Plus-v2 shortcut scale (stage 2 uses 0.6 / 0.5)."""
         for proc in self.unet.attn_processors.values():
             if hasattr(proc, "scale") and isinstance(proc.scale, list):
@@ -185,15 +233,18 @@ class FaceIDControlNetGuidance(BaseObject):
         """Build the three branches from the user's and the irrelevant identity's :class:`FaceID`."""
         to_t = lambda e: torch.from_numpy(e)[None].to(self.device, self.dtype)  # noqa: E731
         self.branches = {
-            "neg": ConditioningBranch(torch.zeros(1, 512, device=self.device, dtype=self.dtype), self.clip_embeds(None)),
+            "neg": ConditioningBranch(
+                torch.zeros(1, 512, device=self.device, dtype=self.dtype), self.clip_embeds(None)
+            ),
             "pos": ConditioningBranch(to_t(pos.embedding), self.clip_embeds(pos.crop)),
             "null": ConditioningBranch(to_t(irr.embedding), self.clip_embeds(irr.crop)),
         }
         return self.branches
 
     # ------------------------------------------------------------------ denoiser
-    def predict_noise(self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list[ConditioningBranch],
-                      pose: Tensor, ipa_scale: float | None = None) -> Tensor:
+    def predict_noise(
+        self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list[ConditioningBranch], pose: Tensor
+    ) -> Tensor:
         """ε̂ for a batch whose rows are grouped by ``branches`` (len(branches) equal chunks).
 
         Args:
@@ -204,10 +255,22 @@ class FaceIDControlNetGuidance(BaseObject):
         per = n // k
         ids = torch.cat([b.id_embeds.expand(per, -1) for b in branches])[:, None]
         self.ip_projection.clip_embeds = torch.cat([b.clip_embeds.expand(per, -1, -1) for b in branches])[:, None]
-        down, mid = self.controlnet(latents_t, t, encoder_hidden_states=text, controlnet_cond=pose,
-                                    conditioning_scale=self.cfg.controlnet_scale, return_dict=False)
-        return self.unet(latents_t, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [ids]},
-                         down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        down, mid = self.controlnet(
+            latents_t,
+            t,
+            encoder_hidden_states=text,
+            controlnet_cond=pose,
+            conditioning_scale=self.cfg.controlnet_scale,
+            return_dict=False,
+        )
+        return self.unet(
+            latents_t,
+            t,
+            encoder_hidden_states=text,
+            added_cond_kwargs={"image_embeds": [ids]},
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
 
     def encode_images(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
         """Resize to ``sds_resolution`` and VAE-encode (posterior sample, gradient flows).
@@ -215,8 +278,9 @@ class FaceIDControlNetGuidance(BaseObject):
         In fp16 the gradient that flows back through the encoder is scaled by ``fp16_grad_scale``
         (and unscaled at the fp32 input, non-finite values zeroed) so that it does not underflow.
         """
-        x = F.interpolate(rgb.permute(0, 3, 1, 2), size=(self.cfg.sds_resolution,) * 2, mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(
+            rgb.permute(0, 3, 1, 2), size=(self.cfg.sds_resolution,) * 2, mode="bilinear", align_corners=False
+        )
         s = self.cfg.fp16_grad_scale if self.dtype == torch.float16 else 1.0
         if s != 1.0:
             x = scale_grad(x, 1.0 / s)
@@ -237,16 +301,25 @@ class FaceIDControlNetGuidance(BaseObject):
                 self.vae.to(self.dtype)
         return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
-    def __call__(self, rgb: Float[Tensor, "B H W 3"], pose: Float[Tensor, "B Hp Wp 3"], text_pos: Tensor,
-                 text_neg: Tensor, text_null: Tensor, step: int) -> dict:
+    def __call__(
+        self,
+        rgb: Float[Tensor, "B H W 3"],
+        pose: Float[Tensor, "B Hp Wp 3"],
+        text_pos: Tensor,
+        text_neg: Tensor,
+        text_null: Tensor,
+        step: int,
+    ) -> dict:
         """AHDS score distillation for one batch of renders (method §6.1).
 
         Returns ``loss_sds`` (its gradient w.r.t. the latents is g/B), ``grad_norm`` and ``t``.
         """
         B = rgb.shape[0]
         if self.cfg.n_steps < 1:
-            raise ValueError("faceid-controlnet-guidance: n_steps is 0; set guidance.n_steps to the number of "
-                             "training steps the AHDS schedule spans (AHDSSystem sets it to trainer.max_steps)")
+            raise ValueError(
+                "faceid-controlnet-guidance: n_steps is 0; set guidance.n_steps to the number of "
+                "training steps the AHDS schedule spans (AHDSSystem sets it to trainer.max_steps)"
+            )
         if not hasattr(self, "schedule") or self.schedule.n_steps != self.cfg.n_steps:
             self.schedule = AHDSSchedule(self.cfg.n_steps, self.cfg.max_t)
         latents = self.encode_images(rgb)
@@ -256,15 +329,21 @@ class FaceIDControlNetGuidance(BaseObject):
             noise = torch.randn_like(z0)
             z_t = self.scheduler.add_noise(z0, noise, t)
             size = latents.shape[-1] * self.vae_scale_factor
-            pose_in = F.interpolate(pose.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
-                                    align_corners=False).to(self.dtype)
+            pose_in = F.interpolate(
+                pose.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False
+            ).to(self.dtype)
             b = self.branches
-            eps = self.predict_noise(torch.cat([z_t] * 3), torch.cat([t] * 3),
-                                     torch.cat([text_neg, text_pos, text_null]).to(self.dtype),
-                                     [b["neg"], b["pos"], b["null"]], torch.cat([pose_in] * 3))
+            eps = self.predict_noise(
+                torch.cat([z_t] * 3),
+                torch.cat([t] * 3),
+                torch.cat([text_neg, text_pos, text_null]).to(self.dtype),
+                [b["neg"], b["pos"], b["null"]],
+                torch.cat([pose_in] * 3),
+            )
             eps_neg, eps_pos, eps_null = eps.float().chunk(3)
-            g = anpg_gradient(eps_pos, eps_neg, eps_null, t, self.alphas_cumprod, self.cfg.guidance_scale,
-                              self.cfg.anpg_t_threshold)
+            grad = anpg_gradient(
+                eps_pos, eps_neg, eps_null, t, self.alphas_cumprod, self.cfg.guidance_scale, self.cfg.anpg_t_threshold
+            )
             if self.cfg.grad_clip_threshold > 0:
-                g = clip_grad_per_pixel(g, self.cfg.grad_clip_threshold)
-        return {"loss_sds": sds_loss(latents, g), "grad_norm": g.norm(dim=1).mean(), "t": t}
+                grad = clip_grad_per_pixel(grad, self.cfg.grad_clip_threshold)
+        return {"loss_sds": sds_loss(latents, grad), "grad_norm": grad.norm(dim=1).mean(), "t": t}

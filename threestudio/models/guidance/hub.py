@@ -1,4 +1,5 @@
 """Where pretrained models come from, and a fast local-availability check (no network)."""
+
 from __future__ import annotations
 
 import os

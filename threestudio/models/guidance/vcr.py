@@ -6,6 +6,7 @@ Fixes over the reference: the DDIM update uses the actual previous timestep of t
 (method §12.10); any multiple of 8 views; batched tiers instead of 32 sequential passes; the ControlNet
 sees text tokens only; VAE posterior mean (deterministic) instead of a sample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ class VCRAttnProcessor:
     def __init__(self, name: str, ctx: VCRContext, base):
         self.name, self.ctx, self.base = name, ctx, base
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         ctx = self.ctx
         if not ctx.enabled or encoder_hidden_states is not None or hidden_states.dim() != 3:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
@@ -75,9 +78,18 @@ class VCRAttnProcessor:
         else:
             ha, hb = partner(0), partner(1)
             w = torch.tensor([ctx.roles[v].weights for v in ctx.views], device=q.device, dtype=q.dtype).repeat(2, 1)
-            out = fused_attention(q, heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states)),
-                                  heads(attn.to_k(ha)), heads(attn.to_v(ha)), heads(attn.to_k(hb)), heads(attn.to_v(hb)),
-                                  w[:, 0], w[:, 1], ctx.lam)
+            out = fused_attention(
+                q,
+                heads(attn.to_k(hidden_states)),
+                heads(attn.to_v(hidden_states)),
+                heads(attn.to_k(ha)),
+                heads(attn.to_v(ha)),
+                heads(attn.to_k(hb)),
+                heads(attn.to_v(hb)),
+                w[:, 0],
+                w[:, 1],
+                ctx.lam,
+            )
         out = out.transpose(1, 2).reshape(B2, L, C).to(q.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
@@ -105,22 +117,30 @@ class VCRRefiner:
     """Runs VCR with a loaded :class:`FaceIDControlNetGuidance` (its UNet, ControlNet, VAE and
     identity branches)."""
 
-    def __init__(self, guidance, lam: float = 0.55, guidance_scale: float = 7.5, ipa_scale: float = 0.6,
-                 shortcut_scale: float = 0.5, grid=SDEDIT_GRID, seed: int = 2024):
-        self.g, self.guidance_scale, self.grid, self.seed = guidance, guidance_scale, list(grid), seed
+    def __init__(
+        self,
+        guidance,
+        lam: float = 0.55,
+        guidance_scale: float = 7.5,
+        ip_adapter_scale: float = 0.6,
+        ip_adapter_shortcut_scale: float = 0.5,
+        grid=SDEDIT_GRID,
+        seed: int = 2024,
+    ):
+        self.guidance, self.guidance_scale, self.grid, self.seed = guidance, guidance_scale, list(grid), seed
         self.ctx = install_vcr(guidance.unet, lam)
-        guidance.set_ip_scale(ipa_scale, shortcut_scale)
+        guidance.set_ip_adapter_scale(ip_adapter_scale, ip_adapter_shortcut_scale)
 
     @torch.no_grad()
     def encode(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
         """VAE posterior mean of renders in [0, 1] (scaled latents)."""
-        x = (2 * rgb.permute(0, 3, 1, 2) - 1).to(self.g.device, self.g.dtype)
-        return self.g.vae.encode(x).latent_dist.mode() * self.g.vae.config.scaling_factor
+        x = (2 * rgb.permute(0, 3, 1, 2) - 1).to(self.guidance.device, self.guidance.dtype)
+        return self.guidance.vae.encode(x).latent_dist.mode() * self.guidance.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, z: Float[Tensor, "B 4 h w"]) -> Float[Tensor, "B H W 3"]:
         """Images in [0, 1]; a non-finite fp16 decode (VAE overflow) is redone in fp32."""
-        return self.g.decode_latents(z)
+        return self.guidance.decode_latents(z)
 
     def _chunked(self, fn, n: int, sizer: BatchSizer) -> list:
         """``fn(slice)`` over 0..n-1 in batches sized by ``sizer``."""
@@ -133,9 +153,16 @@ class VCRRefiner:
         return outs
 
     @torch.no_grad()
-    def refine(self, rgb: Float[Tensor, "n H W 3"], pose: Float[Tensor, "n H W 3"], text_cond: Tensor,
-               text_uncond: Tensor, chunk: int = 0, sequential: bool = False,
-               budget: MemoryBudget | None = None) -> Float[Tensor, "n H W 3"]:
+    def refine(
+        self,
+        rgb: Float[Tensor, "n H W 3"],
+        pose: Float[Tensor, "n H W 3"],
+        text_cond: Tensor,
+        text_uncond: Tensor,
+        chunk: int = 0,
+        sequential: bool = False,
+        budget: MemoryBudget | None = None,
+    ) -> Float[Tensor, "n H W 3"]:
         """Refine n ring views (method §7.2-7.4).
 
         Args:
@@ -150,7 +177,7 @@ class VCRRefiner:
         Returns:
             refined images [n, H, W, 3] in [0, 1] (float32, on the CPU).
         """
-        dev = self.g.device
+        dev = self.guidance.device
         n = rgb.shape[0]
         self.ctx.roles = view_roles(n)
         self.ctx.store.clear()
@@ -170,7 +197,7 @@ class VCRRefiner:
                 while s < len(tier):
                     between = self.ctx.roles[tier[s]].kind == "between"
                     pending = 0 if between else (anchors - stored) * store_per_view
-                    grp = tier[s:s + sizer.size(len(tier) - s, reserve=pending)]
+                    grp = tier[s : s + sizer.size(len(tier) - s, reserve=pending)]
                     before = budget.allocated() if budget is not None else 0
                     with sizer.track(len(grp)):
                         out[grp] = self._denoise(grp, z0, noise, pose, text_cond, text_uncond).cpu()
@@ -186,22 +213,24 @@ class VCRRefiner:
 
     def _denoise(self, grp: list[int], z0, noise, pose, text_cond, text_uncond) -> Tensor:
         """SDEdit of the views ``grp`` (one batch of one tier) from t = grid[0] to 0, then decode."""
-        g, dev, ac = self.g, self.g.device, self.g.alphas_cumprod
+        guidance = self.guidance
+        dev, ac = guidance.device, guidance.alphas_cumprod
         self.ctx.views = grp
         t0 = self.grid[0]
         z = ac[t0].sqrt() * z0[grp] + (1 - ac[t0]).sqrt() * noise
-        text = torch.cat([text_uncond[grp], text_cond[grp]]).to(dev, g.dtype)
-        size = (z0.shape[-2] * g.vae_scale_factor, z0.shape[-1] * g.vae_scale_factor)
-        p = F.interpolate(pose[grp].permute(0, 3, 1, 2).float().to(dev), size=size, mode="bilinear",
-                          align_corners=False).to(g.dtype)
+        text = torch.cat([text_uncond[grp], text_cond[grp]]).to(dev, guidance.dtype)
+        size = (z0.shape[-2] * guidance.vae_scale_factor, z0.shape[-1] * guidance.vae_scale_factor)
+        p = F.interpolate(
+            pose[grp].permute(0, 3, 1, 2).float().to(dev), size=size, mode="bilinear", align_corners=False
+        ).to(guidance.dtype)
         pz = torch.cat([p, p])
-        br = g.branches
+        br = guidance.branches
         for k, t in enumerate(self.grid):
             self.ctx.step = k
             tt = torch.full((2 * len(grp),), t, device=dev, dtype=torch.long)
-            eps = g.predict_noise(torch.cat([z, z]), tt, text, [br["neg"], br["pos"]], pz).float()
+            eps = guidance.predict_noise(torch.cat([z, z]), tt, text, [br["neg"], br["pos"]], pz).float()
             e_u, e_c = eps.chunk(2)
             e = e_u + self.guidance_scale * (e_c - e_u)
             a_prev = ac[self.grid[k + 1]] if k + 1 < len(self.grid) else ac[0]
-            z = ddim_step(z.float(), e, ac[t], a_prev).to(g.dtype)
+            z = ddim_step(z.float(), e, ac[t], a_prev).to(guidance.dtype)
         return self.decode(z)

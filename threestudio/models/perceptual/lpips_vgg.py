@@ -14,6 +14,7 @@ has no CPU build of it; DESIGN.md §4):
 ``d(x, y) = Σ_l mean_{h,w} ‖ w_l ⊙ (φ̂_l(x) − φ̂_l(y)) ‖²`` with φ̂_l the channel-normalised relu1_2,
 relu2_2, relu3_3, relu4_3 and relu5_3 activations of the input scaled as LPIPS does.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -76,12 +77,16 @@ def missing(cfg: dict | None = None) -> list[str]:
     vgg, heads = resolve_paths(cfg)
     out = []
     if not vgg.is_file():
-        out.append(f"LPIPS backbone (VGG-16 ImageNet weights, {VGG16_FILE}): {vgg} not found -> "
-                   f"mkdir -p {vgg.parent} && curl -L -o {vgg} {VGG16_URL}   (or set system.lpips.vgg_path; "
-                   "system.lambda_lpips=0 runs stage 3 without LPIPS)")
+        out.append(
+            f"LPIPS backbone (VGG-16 ImageNet weights, {VGG16_FILE}): {vgg} not found -> "
+            f"mkdir -p {vgg.parent} && curl -L -o {vgg} {VGG16_URL}   (or set system.lpips.vgg_path; "
+            "system.lambda_lpips=0 runs stage 3 without LPIPS)"
+        )
     if not heads.is_file():
-        out.append(f"LPIPS linear heads (lpips v0.1 vgg.pth): {heads} not found -> pip install --no-deps lpips==0.1.4 "
-                   "(or set system.lpips.heads_path)")
+        out.append(
+            f"LPIPS linear heads (lpips v0.1 vgg.pth): {heads} not found -> pip install --no-deps lpips==0.1.4 "
+            "(or set system.lpips.heads_path)"
+        )
     return out
 
 
@@ -105,8 +110,8 @@ class LPIPSVGG(nn.Module):
 
     def __init__(self, cfg: dict | None = None):
         """Raises:
-            MissingModelError: a weight file is missing (the message says how to fetch it).
-            ValueError: a weight file does not have the expected keys/shapes.
+        MissingModelError: a weight file is missing (the message says how to fetch it).
+        ValueError: a weight file does not have the expected keys/shapes.
         """
         super().__init__()
         miss = missing(cfg)
@@ -118,8 +123,11 @@ class LPIPSVGG(nn.Module):
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         sd = torch.load(vgg_path, map_location="cpu", weights_only=True)
-        feats = {k[len("features."):]: v.float() for k, v in sd.items()
-                 if k.startswith("features.") and int(k.split(".")[1]) < SLICE_ENDS[-1]}
+        feats = {
+            k[len("features.") :]: v.float()
+            for k, v in sd.items()
+            if k.startswith("features.") and int(k.split(".")[1]) < SLICE_ENDS[-1]
+        }
         try:
             self.features.load_state_dict(feats, strict=True)
         except RuntimeError as e:
@@ -132,7 +140,7 @@ class LPIPSVGG(nn.Module):
             raise ValueError(f"{heads_path} is not an LPIPS v0.1 VGG head file: {e}") from None
         self.eval().requires_grad_(False)
 
-    def forward(self, x: Float[Tensor, "B 3 H W"], y: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B"]:
+    def forward(self, x: Float[Tensor, "B 3 H W"], y: Float[Tensor, "B 3 H W"]) -> Float[Tensor, " B"]:
         h, w = x.shape[-2:]
         if min(h, w) < MIN_SIDE:
             s = MIN_SIDE / min(h, w)
@@ -143,7 +151,7 @@ class LPIPSVGG(nn.Module):
         z = ((2 * z - 1) - self.shift) / self.scale
         d = 0.0
         start = 0
-        for end, lin in zip(SLICE_ENDS, self.lins):
+        for end, lin in zip(SLICE_ENDS, self.lins, strict=True):
             z = self.features[start:end](z)
             start = end
             fx, fy = _unit(z).chunk(2)

@@ -3,11 +3,11 @@
 Cache file: ``<cache>/text_embeddings/md5(<model>-<prompt>).pt`` with the [77, D] last hidden state
 of the CLIP text encoder; the encoder is loaded only when an embedding is not cached.
 """
+
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -18,25 +18,32 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path
 
-DEFAULT_NEGATIVE = ("cloned face, multi face, bad face, poorly drawn face, duplicate face, cropped, out of frame, "
-                    "extra fingers, deformed, blurry, bad proportions, disfigured, fused fingers, long neck")
+DEFAULT_NEGATIVE = (
+    "cloned face, multi face, bad face, poorly drawn face, duplicate face, cropped, out of frame, "
+    "extra fingers, deformed, blurry, bad proportions, disfigured, fused fingers, long neck"
+)
 
 
 @threestudio.register("view-prompt-processor")
 class ViewPromptProcessor(BaseObject):
     @dataclass
     class Config:
-        prompt: Optional[str] = "???"
+        prompt: str | None = "???"
         """The user's text prompt (view suffixes are appended per view)."""
         negative_prompt: str = DEFAULT_NEGATIVE
+        """Negative prompt of the ANPG negative branch (method §5.3)."""
         null_prompt: str = ""
+        """Prompt of the null branch (empty)."""
         pretrained_model_name_or_path: str = "SG161222/Realistic_Vision_V4.0_noVAE"
+        """Model whose CLIP text encoder and tokenizer embed the prompts."""
         local_files_only: bool = True
+        """Never download at run time."""
         use_cache: bool = True
+        """Cache the text embeddings on disk (``$GIP_CACHE_DIR/text_embeddings``)."""
 
     def configure(self) -> None:
         if self.cfg.prompt is None or not str(self.cfg.prompt).strip():
-            raise UserError("the text prompt is empty: describe the person, e.g. \"A man wearing a green t-shirt\"")
+            raise UserError('the text prompt is empty: describe the person, e.g. "A man wearing a green t-shirt"')
         self.embeddings: dict[str, torch.Tensor] = {}
 
     def all_prompts(self) -> list[str]:
@@ -76,11 +83,16 @@ class ViewPromptProcessor(BaseObject):
             enc = CLIPTextModel.from_pretrained(name, subfolder="text_encoder", **kw).to(device).eval()
             with torch.no_grad():
                 for i in range(0, len(todo), 16):
-                    chunk = todo[i:i + 16]
-                    ids = tok(chunk, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                              return_tensors="pt").input_ids.to(device)
+                    chunk = todo[i : i + 16]
+                    ids = tok(
+                        chunk,
+                        padding="max_length",
+                        max_length=tok.model_max_length,
+                        truncation=True,
+                        return_tensors="pt",
+                    ).input_ids.to(device)
                     hs = enc(ids)[0].float().cpu()
-                    for p, e in zip(chunk, hs):
+                    for p, e in zip(chunk, hs, strict=True):
                         self.embeddings[p] = e.clone()
                         if self.cfg.use_cache:
                             with atomic_path(self._cache_file(p)) as tmp:
@@ -92,20 +104,28 @@ class ViewPromptProcessor(BaseObject):
         :func:`~threestudio.ops.prompts.refine_suffix`): ``pos``, ``neg`` [n, 77, D] and ``prompts``.
         Missing embeddings are computed on ``device``."""
         p = self.cfg.prompt.strip()
-        prompts = [p + refine_suffix(r.kind, r.azimuth) for r in roles]
+        prompts = [p + refine_suffix(r.kind, r.azimuth_deg) for r in roles]
         self.ensure(prompts + [self.cfg.negative_prompt], device)
         pos = torch.stack([self.embeddings[q] for q in prompts])
-        return {"pos": pos, "neg": self.embeddings[self.cfg.negative_prompt].expand(len(prompts), -1, -1),
-                "prompts": prompts}
+        return {
+            "pos": pos,
+            "neg": self.embeddings[self.cfg.negative_prompt].expand(len(prompts), -1, -1),
+            "prompts": prompts,
+        }
 
-    def __call__(self, azimuth: torch.Tensor, mode: str, all_visible: torch.Tensor) -> dict:
+    def __call__(self, azimuth_deg: torch.Tensor, mode: str, all_visible: torch.Tensor) -> dict:
         """Text embeddings for a batch of views.
 
         Returns ``pos``, ``neg``, ``null`` [B, 77, D] (CPU) and ``prompts`` (the B positive strings).
         """
         p = self.cfg.prompt.strip()
-        prompts = [p + view_suffix(view_direction(float(a)), mode, bool(v)) for a, v in zip(azimuth, all_visible)]
+        pairs = zip(azimuth_deg, all_visible, strict=True)
+        prompts = [p + view_suffix(view_direction(float(a)), mode, bool(v)) for a, v in pairs]
         pos = torch.stack([self.embeddings[q] for q in prompts])
         B = len(prompts)
-        return {"pos": pos, "neg": self.embeddings[self.cfg.negative_prompt].expand(B, -1, -1),
-                "null": self.embeddings[self.cfg.null_prompt].expand(B, -1, -1), "prompts": prompts}
+        return {
+            "pos": pos,
+            "neg": self.embeddings[self.cfg.negative_prompt].expand(B, -1, -1),
+            "null": self.embeddings[self.cfg.null_prompt].expand(B, -1, -1),
+            "prompts": prompts,
+        }

@@ -1,10 +1,11 @@
 """Renderer interface shared by the gsplat (CUDA) and pure-torch (CPU) rasterizers."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from threestudio.data.cameras import Cameras
 from threestudio.models.geometry.gaussian_model import GaussianModel
+from threestudio.ops.camera import Cameras
 from threestudio.utils.base import BaseObject
 
 
@@ -21,10 +22,27 @@ class Renderer(BaseObject):
 
     @dataclass
     class Config:
-        background: list = (0.0, 0.0, 0.0)  # type: ignore[assignment]
+        background: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
         """RGB in [0, 1]; black as in the reference (method §4)."""
         near_plane: float = 0.01
+        """Gaussians closer to the camera than this (camera z, world units) are culled."""
         eps2d: float = 0.3
+        """Low-pass filter added to the 2-D covariance diagonal, pixels² (3DGS / gsplat)."""
 
     def render(self, model: GaussianModel, cameras: Cameras, colors=None) -> dict:
         raise NotImplementedError
+
+
+def resolve_renderer_type(name: str, device_type: str) -> str:
+    """The renderer plugin for ``name`` on a device of ``device_type``: ``auto`` is gsplat on CUDA and
+    the pure-torch rasterizer elsewhere; any other name is returned as is."""
+    if name != "auto":
+        return name
+    return "gsplat-renderer" if device_type == "cuda" else "torch-splat-renderer"
+
+
+def render_avatar(renderer: Renderer, model: GaussianModel, cameras: Cameras, appearance=None) -> dict:
+    """Render ``model`` with ``renderer``; with a view-dependent ``appearance`` (the specular model)
+    its per-view colours [B, N, 3] replace the SH colour. Returns the :meth:`Renderer.render` dict."""
+    colors = None if appearance is None else appearance.colors(model, cameras.c2w.to(model.means))
+    return renderer.render(model, cameras, colors)

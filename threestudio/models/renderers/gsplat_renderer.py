@@ -1,4 +1,5 @@
 """gsplat (CUDA) renderer: batched cameras, RGB + expected depth + alpha in one call."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 import threestudio
-from threestudio.data.cameras import Cameras
 from threestudio.models.geometry.gaussian_model import GaussianModel
 from threestudio.models.renderers.base import Renderer
+from threestudio.ops.camera import Cameras
 from threestudio.utils.errors import UserError
 
 
@@ -17,14 +18,18 @@ class GsplatRenderer(Renderer):
     @dataclass
     class Config(Renderer.Config):
         packed: bool = False
+        """gsplat's packed mode (less memory for many cameras, slightly slower)."""
         absgrad: bool = False
+        """Also accumulate absolute screen-space gradients (gsplat AbsGS); unused by our densify policy."""
 
     def configure(self) -> None:
         try:
             import gsplat  # noqa: F401
         except ImportError as e:
-            raise UserError("renderer 'gsplat-renderer' needs `pip install gsplat` and a CUDA GPU; on CPU use "
-                            "system.renderer_type=torch-splat-renderer") from e
+            raise UserError(
+                "renderer 'gsplat-renderer' needs `pip install gsplat` and a CUDA GPU; on CPU use "
+                "system.renderer_type=torch-splat-renderer"
+            ) from e
 
     def render(self, model: GaussianModel, cameras: Cameras, colors=None) -> dict:
         from gsplat import rasterization
@@ -35,10 +40,21 @@ class GsplatRenderer(Renderer):
         B = len(cameras)
         bg = torch.as_tensor(list(self.cfg.background), dtype=torch.float32, device=model.means.device)
         rgbd, alpha, info = rasterization(
-            means=model.means, quats=model.rotations, scales=model.scales, opacities=model.opacities,
-            colors=colors.float(), viewmats=cameras.w2c.to(model.means), Ks=cameras.K.to(model.means),
-            width=cameras.width, height=cameras.height, near_plane=self.cfg.near_plane, eps2d=self.cfg.eps2d,
-            render_mode="RGB+ED", backgrounds=bg.expand(B, 3), packed=self.cfg.packed, absgrad=self.cfg.absgrad,
+            means=model.means,
+            quats=model.rotations,
+            scales=model.scales,
+            opacities=model.opacities,
+            colors=colors.float(),
+            viewmats=cameras.w2c.to(model.means),
+            Ks=cameras.K.to(model.means),
+            width=cameras.width,
+            height=cameras.height,
+            near_plane=self.cfg.near_plane,
+            eps2d=self.cfg.eps2d,
+            render_mode="RGB+ED",
+            backgrounds=bg.expand(B, 3),
+            packed=self.cfg.packed,
+            absgrad=self.cfg.absgrad,
         )
         means2d = info["means2d"]
         if means2d.requires_grad:
@@ -46,5 +62,10 @@ class GsplatRenderer(Renderer):
         radii = info["radii"]
         if radii.dim() == 3:  # gsplat >= 1.5 returns per-axis radii
             radii = radii.max(-1).values
-        return {"comp_rgb": rgbd[..., :3], "depth": rgbd[..., 3:4], "opacity": alpha, "radii": radii,
-                "means2d": means2d}
+        return {
+            "comp_rgb": rgbd[..., :3],
+            "depth": rgbd[..., 3:4],
+            "opacity": alpha,
+            "radii": radii,
+            "means2d": means2d,
+        }
