@@ -101,12 +101,17 @@ class ExperimentConfig:
     """Checkpoint schedule."""
 
 
-def _wrap(fn, *args, what: str):
+def _wrap(fn, *args, what: str, path: str = ""):
+    """Run ``fn(*args)``; an OmegaConf error becomes one :class:`ConfigError` line. With ``path`` (the
+    config path of what is parsed, e.g. ``system``) the message names the full key, e.g.
+    ``system.densify.max_pointz``."""
     try:
         return fn(*args)
     except OmegaConfBaseException as e:  # unknown key, type mismatch, missing value
         msg = str(e).splitlines()[0]
         key = getattr(e, "full_key", None)
+        if path:
+            raise ConfigError(f"invalid {path}{'.' + key if key else ''}: {msg}") from None
         if key and key not in msg:
             msg += f" (key: {key})"
         raise ConfigError(f"invalid {what}: {msg}") from None
@@ -167,7 +172,7 @@ def parse_structured(
         ConfigError: unknown key, wrong type, or a mandatory value not set.
     """
     what = where or cls.__qualname__
-    merged = _wrap(OmegaConf.merge, OmegaConf.structured(cls), cfg if cfg is not None else {}, what=what)
+    merged = _wrap(OmegaConf.merge, OmegaConf.structured(cls), cfg if cfg is not None else {}, what=what, path=where)
     missing = set() if allow_missing else OmegaConf.missing_keys(merged)
     if missing:
         raise ConfigError(f"{what}: mandatory value(s) not set: {', '.join(sorted(missing))}")

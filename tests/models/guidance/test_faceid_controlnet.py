@@ -1,0 +1,171 @@
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import face, tiny_guidance_cfg
+from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
+from threestudio.ops.sds import (
+    clip_grad_per_pixel,
+    scale_grad,
+)
+from threestudio.utils.gpu import resolve_dtype
+
+
+def _encoder_grad(vae, x, upstream, scale=None):
+    """d(sum(upstream * z)) / dx through the VAE encoder in the VAE's dtype, x fp32 [1, 3, H, W]."""
+    x = x.clone().requires_grad_(True)
+    xin = scale_grad(x, 1.0 / scale) if scale else x
+    z = vae.encode((2 * xin - 1).to(vae.dtype)).latent_dist.mean.float()
+    if scale:
+        z = scale_grad(z, scale)
+    (z * upstream).sum().backward()
+    return x.grad
+
+
+def test_default_clip_threshold_matches_the_reference_budget():
+    """The reference clipped each of the 4 x 64 latent rows of a [4, 64, 64] gradient to L2 norm 1.0
+    (method §6.1 step 6): the whole gradient's norm is at most 16. Our per-pixel clip (over the 4
+    channels) at the default threshold gives the same bound, reached by the same saturated gradient."""
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+
+    thr = FaceIDControlNetGuidance.Config.grad_clip_threshold
+    big = torch.full((1, 4, 64, 64), 10.0)
+    ours = clip_grad_per_pixel(big, thr)
+    ref = big * (1.0 / big.norm(dim=-1, keepdim=True)).clamp(max=1.0)  # the reference's row clip
+    assert abs(float(ours.norm()) - 16.0) < 1e-3 and abs(float(ref.norm()) - 16.0) < 1e-3
+    torch.testing.assert_close(ours, ref)  # a uniform saturated gradient is clipped identically
+
+
+def test_real_loading_code_on_tiny_models(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
+    assert g.missing() == []
+    g.load("cpu")
+    # IP-Adapter FaceID-Plus-v2 installed: LoRA adapter via peft, IP processors, shortcut projection
+    assert "faceid_0" in g.unet.peft_config
+    procs = g.unet.attn_processors
+    assert any("IPAdapter" in type(p).__name__ for p in procs.values())
+    assert type(g.ip_projection).__name__ == "IPAdapterFaceIDPlusImageProjection"
+    assert g.ip_projection.shortcut and abs(g.ip_projection.shortcut_scale - 0.4) < 1e-6
+    br = g.prepare_identity(str(face("man.png")))
+    assert set(br) == {"pos", "neg", "null"} and br["neg"].id_embeds.abs().sum() == 0
+    assert not torch.allclose(br["pos"].id_embeds, br["null"].id_embeds)
+    pp = ViewPromptProcessor({"prompt": "A man", "pretrained_model_name_or_path": str(tiny_dir / "rv")})
+    pp.prepare("cpu")
+    assert len(list((tmp_path / "text_embeddings").glob("*.pt"))) == len(pp.all_prompts())
+    e = pp(torch.tensor([90.0, -90.0]), "body", torch.tensor([True, False]))
+    assert e["prompts"] == ["A man, full body photo, front view", "A man, back view"]
+    assert not torch.equal(e["pos"][0], e["pos"][1])
+    rgb = torch.rand(2, 64, 64, 3, requires_grad=True)
+    out = g(rgb, torch.rand(2, 32, 32, 3), e["pos"], e["neg"], e["null"], step=0)
+    assert ((out["t"] >= 500) & (out["t"] <= 799)).all()  # first AHDS window
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    # the identity reaches the UNet: another face changes the prediction
+    z = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([500, 500])
+    pose = torch.rand(2, 3, 32, 32)
+    e1 = g.predict_noise(z, t, e["pos"], [br["pos"]], pose)
+    e2 = g.predict_noise(z, t, e["pos"], [br["null"]], pose)
+    assert (e1 - e2).abs().max() > 1e-6
+
+
+def test_missing_real_models_listed(tmp_path):
+    g = FaceIDControlNetGuidance(
+        {"pretrained_model_name_or_path": str(tmp_path / "rv"), "face": {"root": str(tmp_path)}}
+    )
+    miss = g.missing()
+    text = "\n".join(miss)
+    for what in ("UNet", "VAE", "ControlNet", "IP-Adapter", "CLIP ViT-H", "insightface"):
+        assert what in text
+    assert "hf download stabilityai/sd-vae-ft-mse" in text
+
+
+def test_guidance_without_bf16_loads_in_fp16(tiny_dir, monkeypatch):
+    """With a no-bf16 card the guidance picks fp16 by itself (device type faked: only the choice is checked)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
+    assert resolve_dtype(torch.device("cuda", 0), g.cfg.dtype) == torch.float16
+
+
+def test_fp16_gradient_scaling_prevents_underflow(tiny_dir):
+    """SDS gradients are small (|dL/dz| <= 0.25 / B); through an fp16 encoder they underflow. Scaling
+    them by ``fp16_grad_scale`` on the way in and back at the fp32 input recovers the fp32 gradient."""
+    from diffusers import AutoencoderKL
+
+    vae32 = AutoencoderKL.from_pretrained(str(tiny_dir / "vae")).eval().requires_grad_(False)
+    vae16 = copy.deepcopy(vae32).half()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 32, 32, generator=g)
+    up = 2e-6 * torch.randn(1, 4, 16, 16, generator=g)
+    ref = _encoder_grad(vae32, x, up)
+    plain = _encoder_grad(vae16, x, up)
+    guarded = _encoder_grad(vae16, x, up, scale=1024.0)
+
+    def rel(a):
+        return float((a - ref).norm() / ref.norm())
+
+    assert torch.isfinite(guarded).all()
+    assert rel(guarded) < 0.05, rel(guarded)
+    assert rel(plain) > 3 * rel(guarded), (rel(plain), rel(guarded))
+
+
+def test_fp16_sds_step_and_decode_guard(tiny_dir, tmp_path, monkeypatch):
+    """The whole forced-fp16 guidance step gives a finite, non-zero gradient on the renders; an fp16 VAE
+    decode that overflows is redone in fp32."""
+    from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
+
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp16"))
+    g.load("cpu")
+    assert g.dtype == torch.float16 and g.unet.dtype == torch.float16
+    g.prepare_identity(str(face("man.png")))
+    pp = ViewPromptProcessor({"prompt": "A man", "pretrained_model_name_or_path": str(tiny_dir / "rv")})
+    pp.prepare("cpu")
+    e = pp(torch.tensor([90.0, 0.0]), "body", torch.tensor([True, True]))
+    rgb = torch.rand(2, 64, 64, 3, requires_grad=True)
+    out = g(rgb, torch.rand(2, 32, 32, 3), e["pos"], e["neg"], e["null"], step=0)
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    huge = torch.full((1, 4, 8, 8), 3.0e4)  # overflows fp16 activations in the decoder
+    with torch.no_grad():
+        raw = g.vae.decode(huge.half() / g.vae.config.scaling_factor).sample
+    img = g.decode_latents(huge)
+    assert not torch.isfinite(raw).all()  # the unguarded fp16 decode fails ...
+    assert torch.isfinite(img).all() and img.dtype == torch.float32  # ... the guarded one does not
+    assert g.vae.dtype == torch.float16  # and the VAE is back in fp16
+
+
+def test_guidance_refuses_an_unset_schedule(tiny_dir):
+    """``n_steps: 0`` outside AHDSSystem used to build a 1-step schedule silently; now it is an error."""
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, n_steps=0))
+    g.load("cpu")
+    g.branches = {}
+    with pytest.raises(ValueError, match="n_steps is 0"):
+        g(torch.rand(1, 64, 64, 3), torch.rand(1, 32, 32, 3), None, None, None, step=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_guidance_step_on_cuda_in_both_precisions(tiny_dir, tmp_path, monkeypatch, dtype):
+    """The fp16 path (V100, T4, RTX 20xx) and the bf16 path run a finite, non-zero SDS step on CUDA."""
+    from tests.conftest import face, tiny_guidance_cfg
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+    from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
+
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype=dtype))
+    g.load("cuda")
+    assert g.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    g.prepare_identity(str(face("man.png")))
+    pp = ViewPromptProcessor({"prompt": "A man", "pretrained_model_name_or_path": str(tiny_dir / "rv")})
+    pp.prepare("cuda")
+    e = pp(torch.tensor([90.0, -90.0]), "body", torch.tensor([True, False]))
+    rgb = torch.rand(2, 64, 64, 3, device="cuda", requires_grad=True)
+    out = g(rgb, torch.rand(2, 32, 32, 3, device="cuda"), e["pos"].cuda(), e["neg"].cuda(), e["null"].cuda(), step=0)
+    out["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    img = g.decode_latents(torch.randn(1, 4, 16, 16, device="cuda"))
+    assert img.shape == (1, 32, 32, 3) and torch.isfinite(img).all()

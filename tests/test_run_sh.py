@@ -1,0 +1,122 @@
+"""End-to-end subprocess runs of the command-line programs as a new user runs them: the README's main
+job (``bash run.sh --tiny ...``) from a copy of the repository in a temporary folder (so nothing outside
+the repository is needed), a restart from stage 3 with the specular stage, ``animation.py`` on the
+result, and rejected input that leaves no run folder."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO_MOTION, REPO, face
+
+FAST = ["trainer.max_steps=3", "data.n_test_views=4", "trainer.enable_progress_bar=false"]
+"""Appended to the README's command: a few steps instead of the tiny preset's 30 (CI time)."""
+
+
+def readme_main_job() -> list[str]:
+    """The README's install-and-run line, without the install part: ``bash run.sh --tiny ...``."""
+    text = (REPO / "README.md").read_text()
+    line = next(ln for ln in text.splitlines() if "bash run.sh --tiny" in ln and ln.startswith("pip install"))
+    return shlex.split(line[line.index("bash run.sh") :])
+
+
+def copy_repository(dst: Path) -> Path:
+    """The repository's files (tracked and untracked-but-not-ignored, as a clone would have them)."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    for rel in filter(None, files):
+        if (REPO / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    return dst
+
+
+def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir, tmp_path):
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    repo = copy_repository(tmp_path / "repo")
+    cmd = readme_main_job()
+    assert cmd[:3] == ["bash", "run.sh", "--tiny"] and (repo / cmd[-1]).is_file(), cmd  # every file it names ships
+    env = dict(os.environ, PYTHON=sys.executable, GIP_TINY_DIR=str(tiny_dir))  # the tiny models already built
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(cmd + FAST, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (run,) = list((repo / "outputs").glob("A_man_wearing_a_green_t-shirt@*"))
+    for n, stage in ((1, "ahds"), (2, "refine"), (3, "reconstruct")):
+        assert json.loads((run / f"stage{n}" / "manifest.json").read_text())["stage"] == stage
+    assert len(list((run / "stage2/save/views").glob("refined_*.png"))) == 16
+    for f in ("stage1/save/avatar.ply", "stage3/save/avatar.ply", "stage3/save/turntable.mp4"):
+        assert (run / f).is_file(), f
+    assert f"{run}/stage3/save/avatar.ply" in r.stdout
+    assert json.loads((run / "stage3" / "manifest.json").read_text())["lpips"] is True  # LPIPS on in the tiny preset
+
+    # restart from stage 3, adding the specular stage (SCR): stages 1-2 untouched, the old stage 3 kept
+    before = {
+        p: p.stat().st_mtime_ns for p in (run / "stage1/save/avatar.ply", run / "stage2/save/views/refined_000.png")
+    }
+    r2 = subprocess.run(
+        ["bash", "run.sh", "--tiny", "--specular", "--from-stage", "3", "--run-dir", str(run), *FAST],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "stage 1/3" not in r2.stdout and "stage 2/3" not in r2.stdout and "stage 3/3" in r2.stdout
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert len(list(run.glob("stage3.prev-*"))) == 1
+    assert json.loads((run / "stage3/manifest.json").read_text())["specular"] is True
+    assert (run / "stage3/save/avatar.specular.safetensors").is_file()
+
+    # animation.py on the result, with the demo motion shipped in the repository
+    r3 = subprocess.run(
+        [
+            sys.executable,
+            "animation.py",
+            "--ply",
+            str(run / "stage3/save/avatar.ply"),
+            "--motion",
+            str(repo / DEMO_MOTION.relative_to(REPO)),
+            "--play",
+            "--max-frames",
+            "4",
+            "--resolution",
+            "32",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "specular appearance loaded" in r3.stdout
+    assert (run / "stage3/save" / f"anim_{DEMO_MOTION.stem}.mp4").is_file()
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["  ", "{face}"], "prompt is empty"),
+    (["A man", "{face}", "s4:trainer.max_steps=3"], "stage prefix"),
+    (["A man", "{face}", "s3:system.lpips.vgg_path=/nonexistent/vgg16.pth"], "LPIPS backbone"),
+])  # fmt: skip
+def test_rejected_input_leaves_no_run_folder(tiny_dir, tmp_path, args, pattern):
+    env = dict(os.environ, PYTHON=sys.executable)
+    run = tmp_path / "runs" / "r1"
+    argv = ["bash", str(REPO / "run.sh"), "--tiny", "--run-dir", str(run), *[a.format(face=face()) for a in args]]
+    r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and pattern in r.stderr, r.stderr[-2000:]
+    assert re.search(r"^error: ", r.stderr, re.M) and "Traceback" not in r.stderr
+    assert not run.exists() and not (tmp_path / "runs").exists()

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from threestudio.utils.gpu import BatchSizer, MemoryBudget, is_out_of_memory, oom_message, resolve_dtype
+
+GIB = 2**30
+
+
+class Budget(MemoryBudget):
+    """A limited budget of ``total`` bytes with ``used`` bytes allocated (the CUDA calls replaced)."""
+
+    def __init__(self, total, used):
+        super().__init__("cpu")
+        self.limited, self.bytes, self.used = True, total, used
+
+    def allocated(self):
+        return self.used
+
+
+@pytest.mark.parametrize("bf16_ok,want", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_dtype_follows_the_card(monkeypatch, bf16_ok, want):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)  # a card without bf16 (V100, T4)
+    assert resolve_dtype(torch.device("cuda", 0), "auto") == want
+    assert resolve_dtype("cpu", "auto") == torch.float32
+    assert resolve_dtype("cuda", "fp32") == torch.float32
+    with pytest.raises(ValueError, match="dtype must be"):
+        resolve_dtype("cpu", "half")
+
+
+def test_fit_counts_items_into_headroom():
+    b = Budget(24 * GIB, 10 * GIB)
+    # 90% of the 14 GiB headroom, minus 2 GiB reserved for later, in 1.5 GiB items
+    assert b.fit(int(1.5 * GIB), most=100, reserve=2 * GIB) == int((0.9 * 14 - 2) / 1.5)
+    assert b.fit(int(1.5 * GIB), most=3) == 3  # never more than asked
+    assert Budget(24 * GIB, 23.9 * GIB).fit(GIB, most=8) == 1  # always at least one
+    assert MemoryBudget("cpu").fit(GIB, most=24) == 24  # CPU: no budget
+
+
+def test_batch_sizer_measures_first_then_fills():
+    b = Budget(24 * GIB, 8 * GIB)
+    s = BatchSizer(b)
+    assert s.size(24) == 1  # unmeasured: one item first
+    s.per_item = 2 * GIB  # what tracking the first batch would have measured
+    assert s.size(24) == int(0.9 * 16 / 2)
+    assert s.size(24, reserve=7 * GIB) == int((0.9 * 16 - 7) / 2)
+    assert BatchSizer(b, fixed=3).size(24) == 3 and BatchSizer(b, fixed=3).size(2) == 2
+    assert BatchSizer(None).size(24) == 24 and BatchSizer(MemoryBudget("cpu")).size(7) == 7
+
+
+def test_oom_detection_and_message(tmp_path):
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not is_out_of_memory(ValueError("bad"))
+    msg = oom_message("stage 2 (view-consistent refinement)", "lower X", tmp_path, 22.0)
+    assert "stage 2" in msg and "22.0 GiB" in msg and "lower X" in msg and "no checkpoint" in msg
