@@ -23,6 +23,8 @@ PROMPT = "A man wearing a green t-shirt"
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one intra-op thread per test worker: no oversubscribed cores
+    torch.set_num_threads(1)
 
 
 def face(name: str = "man.png") -> Path:
@@ -109,7 +111,12 @@ def planted_array(marker) -> np.ndarray:
     return a
 
 
+SLOW_FIRST = ("test_readme_main_job", "test_web_viewer", "test_tier_batching", "test_reconstruction_lowers")
+"""The longest tests start first, so that the two test workers finish together."""
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda it: next((i for i, s in enumerate(SLOW_FIRST) if s in it.nodeid), len(SLOW_FIRST)))
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for it in items:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): installs the pinned CPU dependencies if missing, then runs the
-# CPU test suite. Extra arguments go to pytest. Nothing is downloaded from a model hub.
+# The test command (README, .ci/run): installs the pinned CPU dependencies if missing, checks formatting
+# and lint (ruff), then runs the CPU test suite on TEST_WORKERS (default 2) pytest-xdist workers. Extra
+# arguments go to pytest. Nothing is downloaded from a model hub.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
@@ -11,4 +12,10 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the web-viewer test will be skipped" >&2
 fi
-exec "$py" -m pytest -q -p no:cacheprovider tests "$@"
+# format and lint (pyproject.toml), then build once what the test workers share: the tiny models and the
+# anny body-template cache (so that two workers never build them at the same time)
+"$py" -m ruff format --check --quiet .
+"$py" -m ruff check --quiet .
+"$py" -m threestudio.tiny >/dev/null
+"$py" -c "from threestudio.models.body.anny_body import AnnyBody; AnnyBody({}).template()"
+exec "$py" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-2}" --dist loadgroup tests "$@"
