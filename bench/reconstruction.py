@@ -86,31 +86,37 @@ def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -
     return sysm, time.perf_counter() - t, mem
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def known_answer_setup(description: str, gt_points: int, res: int, steps: int, flat: bool = False):
+    """Command line and ground truth shared by the known-answer benchmarks: ``(args, device, template,
+    renderer, ground-truth model)``; ``flat`` makes the Gaussians discs in the surface."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--template", required=True)
-    ap.add_argument("--gt-points", type=int, default=300_000)
+    ap.add_argument("--gt-points", type=int, default=gt_points)
     ap.add_argument("--init-points", type=int, default=100_000)
-    ap.add_argument("--res", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--res", type=int, default=res)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke check (torch rasterizer)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    from threestudio.data.synthetic import textured_model, write_known_answer_stages
+    from threestudio.data.synthetic import textured_model
     from threestudio.models.body.template import BodyTemplate
 
     dev = torch.device(a.device)
     tpl = BodyTemplate.load(a.template)
-    ren = renderer_for(dev)
-    gt = textured_model(tpl, a.gt_points).to(dev)
-    res = {
-        "benchmark": "reconstruction",
-        "gt_points": a.gt_points,
-        "init_points": a.init_points,
-        "train_views": 32,
-        "resolution": a.res,
-        "steps": a.steps,
-    }
+    return a, dev, tpl, renderer_for(dev), textured_model(tpl, a.gt_points, flat=flat).to(dev)
+
+
+def run_record(a) -> dict:
+    """The settings of a known-answer run, for its JSON result."""
+    return {"gt_points": a.gt_points, "init_points": a.init_points, "train_views": 32, "resolution": a.res,
+            "steps": a.steps}  # fmt: skip
+
+
+def main():
+    from threestudio.data.synthetic import write_known_answer_stages
+
+    a, dev, tpl, ren, gt = known_answer_setup(__doc__.split("\n\n")[0], 300_000, 1024, 800)
+    res = {"benchmark": "reconstruction", **run_record(a)}
     with tempfile.TemporaryDirectory() as d:
         s2 = write_known_answer_stages(d, tpl, gt, ren, a.init_points, 32, a.res, device=dev)
         for name, fixed in (("ours_alpha_box", False), ("reference_fixed_crop_half_res", True)):

@@ -10,40 +10,21 @@ PSNR/SSIM on other azimuths and elevations tell whether view-dependent highlight
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
-import torch
-from common import emit, renderer_for  # noqa: E402
-from reconstruction import score, train  # noqa: E402
+from common import emit  # noqa: E402
+from reconstruction import known_answer_setup, run_record, score, train  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--template", required=True)
-    ap.add_argument("--gt-points", type=int, default=200_000)
-    ap.add_argument("--init-points", type=int, default=100_000)
-    ap.add_argument("--res", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke check (torch rasterizer)")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    from threestudio.data.synthetic import BlinnPhongHighlights, textured_model, write_known_answer_stages
-    from threestudio.models.body.template import BodyTemplate
+    from threestudio.data.synthetic import BlinnPhongHighlights, write_known_answer_stages
 
-    dev = torch.device(a.device)
-    tpl = BodyTemplate.load(a.template)
-    ren = renderer_for(dev)
-    gt = textured_model(tpl, a.gt_points, flat=True).to(dev)
+    a, dev, tpl, ren, gt = known_answer_setup(__doc__.split("\n\n")[0], 200_000, 512, 1500, flat=True)
     gt_app = BlinnPhongHighlights()
     res = {
         "benchmark": "specular",
         "target": "Blinn-Phong highlights (3 directional lights, strength 0.35, shininess 40) on flat textured discs",
-        "gt_points": a.gt_points,
-        "init_points": a.init_points,
-        "train_views": 32,
-        "resolution": a.res,
-        "steps": a.steps,
+        **run_record(a),
     }
     with tempfile.TemporaryDirectory() as d:
         s2 = write_known_answer_stages(d, tpl, gt, ren, a.init_points, 32, a.res, device=dev, appearance=gt_app)

@@ -11,9 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from jaxtyping import install_import_hook
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import tests.typecheck  # noqa: E402, F401  (the checker the hook below names)
+
+install_import_hook("threestudio", "tests.typecheck.typechecker")
+"""Every annotation in ``threestudio`` (jaxtyping shapes included) is checked at run time in the tests."""
 ASSETS = REPO / "threestudio" / "assets"
 DEMO_MOTION = ASSETS / "motions" / "demo_wave.npz"
 """Procedural motion shipped with the repository (``threestudio/animation/demo_motion.py``)."""

@@ -28,36 +28,24 @@ def avatar_ply(template, path, n=2000):
     return path
 
 
+def play(ply, *extra) -> int:
+    """``animation.py --ply PLY --motion <demo> --play --template anny --device cpu EXTRA...`` in-process."""
+    args = ["--ply", ply, "--motion", DEMO_MOTION, "--play", "--template", "anny", "--device", "cpu", *extra]
+    return main([str(a) for a in args])
+
+
 def test_video_changes_with_motion_and_frames_are_exported(template, tmp_path):
     import imageio.v3 as iio
 
     ply = avatar_ply(template, tmp_path / "avatar.ply")
     out = tmp_path / "a.mp4"
-    args = [
-        "--ply",
-        ply,
-        "--motion",
-        DEMO_MOTION,
-        "--play",
-        "--rotate",
-        "--resolution",
-        64,
-        "--max-frames",
-        12,
-        "--out",
-        out,
-        "--export-ply",
-        tmp_path / "frames",
-        "--template",
-        "anny",
-        "--device",
-        "cpu",
-    ]
-    assert main([str(a) for a in args]) == 0
+    assert (
+        play(ply, "--rotate", "--resolution", 64, "--max-frames", 12, "--out", out, "--export-ply", tmp_path / "f") == 0
+    )
     v = iio.imread(out)
     assert v.shape[0] == 12 and v.max() > 30
     assert np.abs(v[0].astype(float) - v[-1].astype(float)).mean() > 1.0
-    assert len(list((tmp_path / "frames").glob("frame_*.ply"))) == 12
+    assert len(list((tmp_path / "f").glob("frame_*.ply"))) == 12
 
 
 @pytest.mark.parametrize("case,pattern", [
@@ -86,24 +74,7 @@ def test_bad_input_is_one_clear_error(template, tmp_path, capsys, case, pattern)
 def test_out_folder_gets_anim_motion_mp4(template, tmp_path):
     ply = avatar_ply(template, tmp_path / "avatar.ply", 200)
     (tmp_path / "videos").mkdir()
-    args = [
-        "--ply",
-        ply,
-        "--motion",
-        DEMO_MOTION,
-        "--play",
-        "--resolution",
-        32,
-        "--max-frames",
-        2,
-        "--template",
-        "anny",
-        "--device",
-        "cpu",
-        "--out",
-        tmp_path / "videos",
-    ]
-    assert main([str(a) for a in args]) == 0
+    assert play(ply, "--resolution", 32, "--max-frames", 2, "--out", tmp_path / "videos") == 0
     assert (tmp_path / "videos" / f"anim_{DEMO_MOTION.stem}.mp4").is_file()
 
 

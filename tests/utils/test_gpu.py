@@ -11,7 +11,7 @@ class Budget(MemoryBudget):
 
     def __init__(self, total, used):
         super().__init__("cpu")
-        self.limited, self.bytes, self.used = True, total, used
+        self.limited, self.bytes, self.used = True, int(total), int(used)
 
     def allocated(self):
         return self.used

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from threestudio.models.appearance.specular import FILE_SUFFIX as SPECULAR_SUFFIX
 from threestudio.models.appearance.specular import SpecularAppearance
@@ -153,7 +154,11 @@ def cameras_of(records: list[ViewRecord]) -> Cameras:
 
 
 def load_avatar(
-    path, geometry_type: str, geometry_cfg: dict | None, appearance_type: str = "", appearance_cfg: dict | None = None
+    path: str | Path,
+    geometry_type: str,
+    geometry_cfg: dict | DictConfig | None,
+    appearance_type: str = "",
+    appearance_cfg: dict | DictConfig | None = None,
 ):
     """Gaussians (and their specular appearance, if any) from an avatar PLY of an earlier stage.
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 import threestudio
@@ -78,7 +79,7 @@ def _u(lo_hi, n: int, g: torch.Generator) -> torch.Tensor:
 class RandomHumanCameras(IterableDataset):
     """Infinite stream of training batches (method §3.2); call :meth:`update_step` every step."""
 
-    def __init__(self, cfg: HumanCameraConfig):
+    def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.step = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -125,7 +126,7 @@ class FixedCameras(Dataset):
         return self.cams[i]
 
 
-def validation_cameras(c: HumanCameraConfig) -> Cameras:
+def validation_cameras(c: DictConfig) -> Cameras:
     n = c.n_val_views
     az = -180.0 + 360.0 * torch.arange(n) / n
     body = orbit_cameras(
@@ -144,7 +145,7 @@ def validation_cameras(c: HumanCameraConfig) -> Cameras:
     return Cameras.cat([body, head])
 
 
-def turntable_cameras(c: HumanCameraConfig) -> Cameras:
+def turntable_cameras(c: DictConfig) -> Cameras:
     """Test turntable starting at the front view (azimuth +90°), one full turn."""
     return ring_cameras(
         c.n_test_views,
@@ -168,7 +169,7 @@ class HumanCameraDataModule(pl.LightningDataModule):
     class Config(HumanCameraConfig):
         pass
 
-    def __init__(self, cfg: dict | None = None):
+    def __init__(self, cfg: dict | DictConfig | None = None):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "data")
         self.train_dataset = RandomHumanCameras(self.cfg)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, IterableDataset
 
 import threestudio
@@ -79,7 +80,7 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         batch_views: int = 4
         """Refined views per step (method §8: 4 of 32)."""
 
-    def __init__(self, cfg: dict | None = None):
+    def __init__(self, cfg: dict | DictConfig | None = None):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "data")
         self._data = None

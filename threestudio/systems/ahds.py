@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from omegaconf import DictConfig
+
 import threestudio
 from threestudio.models.face.identity import FaceIdentity, load_image_rgb
 from threestudio.ops.openpose import skeleton_images
@@ -44,7 +46,7 @@ class AHDSSystem(GaussianSystem):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def preflight(cls, cfg: dict, mode: str):
+    def preflight(cls, cfg: dict | DictConfig, mode: str):
         c = super().preflight(cfg, mode)
         if mode not in ("train", "check"):
             return c
@@ -57,7 +59,7 @@ class AHDSSystem(GaussianSystem):
         FaceIdentity(guidance.cfg.face)(c.face_image)  # "no face" fails here, before any output
         return c
 
-    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 2400):
+    def __init__(self, cfg: dict | DictConfig, trial_dir: str, max_steps: int = 2400):
         super().__init__(cfg, trial_dir, max_steps)
         self.template = threestudio.find(self.cfg.body_type)(self.cfg.body).template()
         geo_cfg = dict(self.cfg.geometry)

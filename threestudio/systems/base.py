@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import threestudio
 from threestudio.data.handoff import write_manifest
@@ -57,7 +57,7 @@ class BaseSystem:
         renderer: dict = field(default_factory=dict)
         """Config of the renderer plugin (background, near plane, ...)."""
 
-    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 0):
+    def __init__(self, cfg: dict | DictConfig, trial_dir: str, max_steps: int = 0):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self.trial_dir = Path(trial_dir)
@@ -70,7 +70,7 @@ class BaseSystem:
 
     # ------------------------------------------------------------------ checks before anything is written
     @classmethod
-    def preflight(cls, cfg: dict, mode: str):
+    def preflight(cls, cfg: dict | DictConfig, mode: str):
         """Validate the config and inputs; raise ``UserError`` with one clear message. ``mode`` is the
         launch mode (``train``, ``validate``, ``test``, ``export``) or ``check``: everything that does
         not need an earlier stage's outputs (configs, model files). Every plugin sub-config
@@ -151,7 +151,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         turntable_fps: int = 30
         """Frame rate of ``save/turntable.mp4``."""
 
-    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 0):
+    def __init__(self, cfg: dict | DictConfig, trial_dir: str, max_steps: int = 0):
         super().__init__(cfg, trial_dir, max_steps)
         self.automatic_optimization = False
         self.body_type = self.cfg.body_type

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from omegaconf import DictConfig
+
 import threestudio
 from threestudio.data.handoff import load_avatar, read_stage
 from threestudio.models.geometry.strategy import DensifyPolicy
@@ -48,7 +50,7 @@ class ReconstructSystem(GaussianSystem):
         """Resolution of the loss crops relative to the renders (method §8: half resolution)."""
 
     @classmethod
-    def preflight(cls, cfg: dict, mode: str):
+    def preflight(cls, cfg: dict | DictConfig, mode: str):
         c = super().preflight(cfg, mode)
         if c.loss_scale <= 0:
             raise ConfigError(f"system.loss_scale must be > 0, got {c.loss_scale}")
@@ -60,7 +62,7 @@ class ReconstructSystem(GaussianSystem):
                 raise MissingModelError("missing pretrained models (nothing was started):\n  " + "\n  ".join(miss))
         return c
 
-    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 800):
+    def __init__(self, cfg: dict | DictConfig, trial_dir: str, max_steps: int = 800):
         super().__init__(cfg, trial_dir, max_steps)
         self.stage2 = read_stage(self.cfg.init_from, "refine", ("cameras",))
         self.body_type = self.cfg.body_type or self.stage2.get("body", "anny-body")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from omegaconf import DictConfig
 
 import threestudio
 from threestudio.data.handoff import load_avatar, read_stage, stage_config, view_records, write_view_records
@@ -70,7 +71,7 @@ class RefineSystem(BaseSystem):
         """Seed of the SDEdit noise (one noise map shared by all views)."""
 
     @classmethod
-    def preflight(cls, cfg: dict, mode: str):
+    def preflight(cls, cfg: dict | DictConfig, mode: str):
         c = super().preflight(cfg, mode)
         view_roles(c.n_views)
         if mode != "train":
@@ -83,7 +84,7 @@ class RefineSystem(BaseSystem):
         load_image_rgb(s1["face_image"])
         return c
 
-    def __init__(self, cfg: dict, trial_dir: str, max_steps: int = 0):
+    def __init__(self, cfg: dict | DictConfig, trial_dir: str, max_steps: int = 0):
         super().__init__(cfg, trial_dir, max_steps)
         self.stage1 = read_stage(self.cfg.init_from, "ahds", ("avatar",))
         s1cfg = stage_config(self.stage1)

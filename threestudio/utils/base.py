@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch.nn as nn
+from omegaconf import DictConfig
 
 from threestudio.utils.config import parse_structured
 
@@ -17,7 +18,7 @@ class BaseObject:
     class Config:
         pass
 
-    def __init__(self, cfg: dict | None = None, **kwargs: Any) -> None:
+    def __init__(self, cfg: dict | DictConfig | None = None, **kwargs: Any) -> None:
         self.cfg = parse_structured(self.Config, cfg)
         self.configure(**kwargs)
 
@@ -32,7 +33,7 @@ class BaseModule(nn.Module):
     class Config:
         pass
 
-    def __init__(self, cfg: dict | None = None, **kwargs: Any) -> None:
+    def __init__(self, cfg: dict | DictConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         self.configure(**kwargs)

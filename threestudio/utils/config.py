@@ -33,7 +33,7 @@ def tiny_root() -> Path:
     return Path(os.environ.get("GIP_TINY_DIR", REPO_ROOT / ".tiny")).resolve()
 
 
-def _rmspace(s: str, c: str = "_") -> str:
+def _rmspace(s: Any, c: str = "_") -> str:
     s = re.sub(r"[^\w\- ,.]", "", str(s)).strip()
     return s.replace(" ", c)[:96] or "untitled"
 

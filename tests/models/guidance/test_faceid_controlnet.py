@@ -144,7 +144,8 @@ def test_guidance_refuses_an_unset_schedule(tiny_dir):
     g.load("cpu")
     g.branches = {}
     with pytest.raises(ValueError, match="n_steps is 0"):
-        g(torch.rand(1, 64, 64, 3), torch.rand(1, 32, 32, 3), None, None, None, step=0)
+        empty = torch.zeros(1, 77, 64)
+        g(torch.rand(1, 64, 64, 3), torch.rand(1, 32, 32, 3), empty, empty, empty, step=0)
 
 
 @pytest.mark.gpu

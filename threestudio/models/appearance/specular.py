@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 import threestudio
 from threestudio.ops.asg import asg, camera_directions, facing_frames, lobe_frames, normal_frames, reflect
@@ -54,7 +54,7 @@ class SpecularAppearance(nn.Module):
         lr_network: float = 1.0e-3
         """Adam learning rate of the MLP."""
 
-    def __init__(self, cfg: dict | None = None):
+    def __init__(self, cfg: dict | DictConfig | None = None):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg)
         c = self.cfg

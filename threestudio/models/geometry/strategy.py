@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
+from omegaconf import DictConfig
 
 from threestudio.models.geometry.gaussian_model import GaussianModel
 from threestudio.ops.densify import cap_growth, densify_masks, ndc_grad_norm, prune_mask, split_children
@@ -70,7 +71,7 @@ class DensifyPolicy:
 class DensifyStrategy:
     """Accumulates statistics after each backward and edits the model + Adam state at events."""
 
-    def __init__(self, cfg: dict | None = None):
+    def __init__(self, cfg: dict | DictConfig | None = None):
         self.cfg = parse_structured(DensifyPolicy, cfg)
         self.reset(0)
 

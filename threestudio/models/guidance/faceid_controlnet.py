@@ -128,7 +128,7 @@ class FaceIDControlNetGuidance(BaseObject):
     def configure(self) -> None:
         self.loaded = False
 
-    def load(self, device: torch.device) -> None:
+    def load(self, device: torch.device | str) -> None:
         """Load every network onto ``device`` (frozen, eval).
 
         Raises:

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
 from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import MissingModelError
@@ -65,14 +66,14 @@ class LPIPSConfig:
     """LPIPS v0.1 VGG linear heads; '' = the file inside the ``lpips`` package."""
 
 
-def resolve_paths(cfg: dict | None) -> tuple[Path, Path]:
+def resolve_paths(cfg: dict | DictConfig | None) -> tuple[Path, Path]:
     c = parse_structured(LPIPSConfig, cfg)
     vgg = Path(os.path.expanduser(c.vgg_path or default_vgg_path()))
     heads = Path(os.path.expanduser(c.heads_path or package_heads_path() or "lpips/weights/v0.1/vgg.pth"))
     return vgg, heads
 
 
-def missing(cfg: dict | None = None) -> list[str]:
+def missing(cfg: dict | DictConfig | None = None) -> list[str]:
     """One line per missing LPIPS weight file with how to obtain it (fast; no network)."""
     vgg, heads = resolve_paths(cfg)
     out = []
@@ -108,7 +109,7 @@ class LPIPSVGG(nn.Module):
     (0 for identical images; differentiable in both inputs). Frozen; any input size (inputs with a side
     below 32 px are upsampled first, aspect ratio kept)."""
 
-    def __init__(self, cfg: dict | None = None):
+    def __init__(self, cfg: dict | DictConfig | None = None):
         """Raises:
         MissingModelError: a weight file is missing (the message says how to fetch it).
         ValueError: a weight file does not have the expected keys/shapes.

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 
 import threestudio
-from threestudio.models.geometry.gaussian_model import GaussianModel
-from threestudio.models.renderers.base import Renderer
+from threestudio.models.renderers.base import GaussianSet, Renderer
 from threestudio.ops.camera import Cameras
 from threestudio.utils.errors import UserError
 
@@ -31,7 +30,7 @@ class GsplatRenderer(Renderer):
                 "system.renderer_type=torch-splat-renderer"
             ) from e
 
-    def render(self, model: GaussianModel, cameras: Cameras, colors=None) -> dict:
+    def render(self, model: GaussianSet, cameras: Cameras, colors=None) -> dict:
         from gsplat import rasterization
 
         if not model.means.is_cuda:
