@@ -73,8 +73,8 @@ def faceid_plus_v2_state_dict(
     unet, clip_hidden: int, id_dim: int = 512, embed_dim: int = CROSS_DIM, rank: int = LORA_RANK
 ) -> dict:
     """Random weights with the key structure and shapes of ``ip-adapter-faceid-plusv2_sd15.bin``."""
-    g = torch.Generator().manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.02  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=gen) * 0.02  # noqa: E731
     E, inner, out_dim = embed_dim, 64 * (embed_dim // 64), unet.config.cross_attention_dim
     proj = {
         "proj.0.weight": r(id_dim * 2, id_dim),

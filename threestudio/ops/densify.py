@@ -22,8 +22,8 @@ def ndc_grad_norm(means2d_grad: Float[Tensor, "B N 2"], width: int, height: int)
     It must be the true gradient (no loss scaling): Lightning's 16-mixed GradScaler leaves it
     multiplied by ≥2^16 (method §12.2), which is why GPU runs use bf16 (no scaler).
     """
-    g = means2d_grad.sum(0) * torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
-    return g.norm(dim=-1)
+    grad_ndc = means2d_grad.sum(0) * torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
+    return grad_ndc.norm(dim=-1)
 
 
 def densify_masks(

@@ -66,6 +66,11 @@ def write_gaussian_ply(
         PlyData([PlyElement.describe(arr, "vertex")], text=False).write(tmp)
 
 
+def _columns(v, *names: str) -> np.ndarray:
+    """PLY vertex properties ``names`` stacked as float32 columns [N, len(names)]."""
+    return np.stack([np.asarray(v[k], dtype=np.float32) for k in names], 1)
+
+
 def read_gaussian_ply(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Read a 3DGS PLY written by any 3DGS tool.
 
@@ -101,14 +106,13 @@ def read_gaussian_ply(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str
         raise UserError(f"{path}: number of f_rest properties ({len(rest_names)}) is not a multiple of 3")
     f_rest = np.stack([v[p] for p in rest_names], 1) if rest_names else np.zeros((n, 0), np.float32)
     f_rest = f_rest.reshape(n, 3, -1).transpose(0, 2, 1)
-    g = lambda *ks: np.stack([np.asarray(v[k], dtype=np.float32) for k in ks], 1)  # noqa: E731
     params = {
-        "means": g("x", "y", "z"),
-        "f_dc": g("f_dc_0", "f_dc_1", "f_dc_2"),
+        "means": _columns(v, "x", "y", "z"),
+        "f_dc": _columns(v, "f_dc_0", "f_dc_1", "f_dc_2"),
         "f_rest": f_rest.astype(np.float32),
         "opacity_logit": np.asarray(v["opacity"], dtype=np.float32),
-        "log_scales": g("scale_0", "scale_1", "scale_2"),
-        "quats": g("rot_0", "rot_1", "rot_2", "rot_3"),
+        "log_scales": _columns(v, "scale_0", "scale_1", "scale_2"),
+        "quats": _columns(v, "rot_0", "rot_1", "rot_2", "rot_3"),
     }
     known = set(REQUIRED) | set(rest_names) | {"nx", "ny", "nz"}
     extra = {p: np.asarray(v[p]) for p in names if p not in known}

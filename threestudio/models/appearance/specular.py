@@ -89,8 +89,8 @@ class SpecularAppearance(nn.Module):
         n, t1, t2 = facing_frames(n, t1, t2, v)
         x, y, z = lobe_frames(n, t1, t2, lob["axis"], lob["twist"])
         r = reflect(v, n)[:, :, None, :]
-        g = asg(r, x, y, z, lob["lam"][None], lob["mu"][None])  # B N L
-        return (g[..., None] * lob["amplitude"][None]).sum(2)
+        response = asg(r, x, y, z, lob["lam"][None], lob["mu"][None])  # B N L
+        return (response[..., None] * lob["amplitude"][None]).sum(2)
 
     def colors(self, model, c2w: torch.Tensor) -> torch.Tensor:
         base = model.colors

@@ -165,12 +165,12 @@ def sample_surface(
     Returns:
         points [n, 3], the face index of each sample [n], and barycentric coordinates [n, 3].
     """
-    g = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     v, f = template.vertices.double(), template.faces
     tri = v[f]  # F 3 3
     area = 0.5 * torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1)
-    face_idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=g)
-    u = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    face_idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=gen)
+    u = torch.rand(n, 2, generator=gen, dtype=torch.float64)
     flip = u.sum(-1) > 1
     u[flip] = 1 - u[flip]
     bary = torch.stack([1 - u[:, 0] - u[:, 1], u[:, 0], u[:, 1]], dim=-1)

@@ -89,8 +89,8 @@ class DensifyStrategy:
         if self.grad_accum.shape[0] != n:
             self.reset(n, radii.device)
         vis = (radii > 0).any(0)
-        g = ndc_grad_norm(means2d_grad.float(), width, height)
-        self.grad_accum[vis] += g[vis]
+        grad_norm = ndc_grad_norm(means2d_grad.float(), width, height)
+        self.grad_accum[vis] += grad_norm[vis]
         self.denom[vis] += 1
         self.max_radii[vis] = torch.maximum(self.max_radii[vis], radii.max(0).values[vis].float())
 
