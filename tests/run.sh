@@ -18,4 +18,4 @@ fi
 "$py" -m ruff check --quiet .
 "$py" -m threestudio.tiny >/dev/null
 "$py" -c "from threestudio.models.body.anny_body import AnnyBody; AnnyBody({}).template()"
-exec "$py" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-2}" --dist loadgroup tests "$@"
+exec "$py" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-2}" --dist worksteal tests "$@"

@@ -141,7 +141,7 @@ def test_web_viewer_in_headless_chromium(template, tmp_path):
             page.goto(f"http://127.0.0.1:{port}", wait_until="load", timeout=60000)
             canvas = page.locator("canvas").first
             canvas.wait_for(timeout=60000)
-            page.wait_for_timeout(6000)
+            page.wait_for_timeout(3000)
             png = canvas.screenshot()
             b.close()
         import io

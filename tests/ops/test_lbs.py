@@ -24,3 +24,13 @@ def test_rotations_follow_the_bone():
     from threestudio.ops.gaussians import quat_to_rotmat
 
     np.testing.assert_allclose(quat_to_rotmat(q2), R @ quat_to_rotmat(q), atol=1e-5)
+
+
+def test_incident_faces_lists_the_first_faces_of_each_vertex():
+    from threestudio.ops.lbs import incident_faces
+
+    gen = torch.Generator().manual_seed(0)
+    faces = torch.stack([torch.randperm(30, generator=gen)[:3] for _ in range(200)])  # three distinct vertices
+    want = [[f for f, tri in enumerate(faces.tolist()) if v in tri][:8] for v in range(32)]  # v 30, 31: unused
+    got = incident_faces(faces, 32, 8)
+    assert got.tolist() == [w + [-1] * (8 - len(w)) for w in want]

@@ -81,6 +81,21 @@ def closest_points_on_triangles(p: Float[Tensor, "N 3"], tri: Float[Tensor, "N M
     return ((q - p) ** 2).sum(-1), bary
 
 
+def incident_faces(faces: Int[Tensor, "F 3"], num_vertices: int, most: int = 8) -> Int[Tensor, "V most"]:
+    """For each vertex, the indices of up to ``most`` faces that use it (lowest face indices first),
+    padded with -1."""
+    vert = faces.reshape(-1)
+    face = torch.arange(faces.shape[0]).repeat_interleave(faces.shape[1])
+    order = torch.argsort(vert * faces.shape[0] + face)  # by vertex, then by face
+    vert, face = vert[order], face[order]
+    first = torch.searchsorted(vert, torch.arange(num_vertices))  # first entry of each vertex
+    rank = torch.arange(len(vert)) - first[vert]
+    keep = rank < most
+    inc = torch.full((num_vertices, most), -1, dtype=torch.long)
+    inc[vert[keep], rank[keep]] = face[keep]
+    return inc
+
+
 def surface_skinning_weights(
     points: Float[Tensor, "N 3"],
     vertices: Float[Tensor, "V 3"],
@@ -97,14 +112,7 @@ def surface_skinning_weights(
     V = vertices.shape[0]
     _, nn = cKDTree(vertices.cpu().numpy()).query(points.detach().cpu().numpy(), k=k_vertices)
     nn = torch.as_tensor(nn, dtype=torch.long)
-    # vertex -> up to 8 incident faces
-    inc = torch.full((V, 8), -1, dtype=torch.long)
-    cnt = torch.zeros(V, dtype=torch.long)
-    for f_i, f in enumerate(faces.tolist()):
-        for v in f:
-            if cnt[v] < 8:
-                inc[v, cnt[v]] = f_i
-                cnt[v] += 1
+    inc = incident_faces(faces, V, 8)  # vertex -> up to 8 incident faces
     cand = inc[nn].reshape(len(points), -1)  # N, k*8
     valid = cand >= 0
     cand = torch.where(valid, cand, torch.zeros_like(cand))
