@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from threestudio.models.body.template import BodyTemplate
-from threestudio.models.geometry.gaussian_model import GaussianModel
+from threestudio.models.geometry.gaussian_model import GaussianModel, PosedGaussians
 from threestudio.ops.lbs import lbs_gaussians, smooth_weights, surface_skinning_weights
 from threestudio.utils.ply import write_gaussian_ply
-
-
-@dataclass
-class PosedGaussians:
-    """The attributes a renderer reads (activated values), for one posed frame."""
-
-    means: torch.Tensor
-    rotations: torch.Tensor
-    scales: torch.Tensor
-    opacities: torch.Tensor
-    colors: torch.Tensor
 
 
 class GaussianAnimator:

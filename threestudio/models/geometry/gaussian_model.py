@@ -227,3 +227,16 @@ class GaussianModel(BaseModule):
                 )
             params = {**params, "spec_features": np.stack([extra[k_] for k_ in spec], 1).astype(np.float32)}
         self.set_params({k_: torch.as_tensor(v) for k_, v in params.items()})
+
+
+@dataclass
+class PosedGaussians:
+    """The attributes a renderer reads, activated (a posed animation frame, world frame): ``means`` [N, 3],
+    ``rotations`` [N, 4] unit (w, x, y, z), ``scales`` [N, 3] world units, ``opacities`` [N] in (0, 1),
+    ``colors`` [N, 3] RGB. A :class:`GaussianModel` offers the same attributes."""
+
+    means: torch.Tensor
+    rotations: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    colors: torch.Tensor

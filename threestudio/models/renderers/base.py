@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
-from threestudio.models.geometry.gaussian_model import GaussianModel
+from threestudio.models.geometry.gaussian_model import GaussianModel, PosedGaussians
 from threestudio.ops.camera import Cameras
 from threestudio.utils.base import BaseObject
-from threestudio.utils.typing import Tensor
-
-
-@runtime_checkable
-class GaussianSet(Protocol):
-    """What a renderer reads: activated attributes of N Gaussians (world frame). Both a
-    :class:`~threestudio.models.geometry.gaussian_model.GaussianModel` and a posed frame of the animator
-    provide them: ``means`` [N, 3], ``rotations`` [N, 4] unit (w, x, y, z), ``scales`` [N, 3] (world
-    units), ``opacities`` [N] in (0, 1), ``colors`` [N, 3] RGB."""
-
-    means: Tensor
-    rotations: Tensor
-    scales: Tensor
-    opacities: Tensor
-    colors: Tensor
 
 
 class Renderer(BaseObject):
@@ -45,7 +29,7 @@ class Renderer(BaseObject):
         eps2d: float = 0.3
         """Low-pass filter added to the 2-D covariance diagonal, pixels² (3DGS / gsplat)."""
 
-    def render(self, model: GaussianSet, cameras: Cameras, colors=None) -> dict:
+    def render(self, model: GaussianModel | PosedGaussians, cameras: Cameras, colors=None) -> dict:
         raise NotImplementedError
 
 

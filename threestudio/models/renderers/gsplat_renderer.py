@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 import threestudio
-from threestudio.models.renderers.base import GaussianSet, Renderer
+from threestudio.models.geometry.gaussian_model import GaussianModel, PosedGaussians
+from threestudio.models.renderers.base import Renderer
 from threestudio.ops.camera import Cameras
 from threestudio.utils.errors import UserError
 
@@ -30,7 +31,7 @@ class GsplatRenderer(Renderer):
                 "system.renderer_type=torch-splat-renderer"
             ) from e
 
-    def render(self, model: GaussianSet, cameras: Cameras, colors=None) -> dict:
+    def render(self, model: GaussianModel | PosedGaussians, cameras: Cameras, colors=None) -> dict:
         from gsplat import rasterization
 
         if not model.means.is_cuda:

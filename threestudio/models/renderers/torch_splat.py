@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 import threestudio
-from threestudio.models.renderers.base import GaussianSet, Renderer
+from threestudio.models.geometry.gaussian_model import GaussianModel, PosedGaussians
+from threestudio.models.renderers.base import Renderer
 from threestudio.ops.camera import Cameras
 from threestudio.ops.gaussians import composite_weights, covariance_3d, gaussian_alpha, project_gaussians
 
@@ -23,7 +24,7 @@ class TorchSplatRenderer(Renderer):
         tile_size: int = 16
         """Square tile side in pixels; each tile composites its overlapping Gaussians densely."""
 
-    def render(self, model: GaussianSet, cameras: Cameras, colors=None) -> dict:
+    def render(self, model: GaussianModel | PosedGaussians, cameras: Cameras, colors=None) -> dict:
         colors = model.colors if colors is None else colors  # N 3 or B N 3
         return rasterize_torch(
             model.means,
