@@ -90,3 +90,31 @@ def test_unknown_keys_are_errors():
         load_config(REPO / "configs" / "ahds.yaml", cli_args=["oops"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(REPO / "configs" / "nope.yaml")
+
+
+def test_every_config_field_has_a_docstring():
+    """Every option of every plugin, typed block (densify, lpips, face) and the experiment config is
+    documented (``launch.py --show-config`` prints the docstrings)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from threestudio.utils.config import ExperimentConfig, field_docs
+
+    undocumented, seen = [], set()
+
+    def walk(cls):
+        if cls in seen:
+            return
+        seen.add(cls)
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if not docs.get(f.name):
+                undocumented.append(f"{cls.__qualname__}.{f.name}")
+            node = OmegaConf.structured(cls)._get_node(f.name)
+            if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                walk(OmegaConf.get_type(node))
+
+    for name in threestudio.registered_names():
+        walk(threestudio.find(name).Config)
+    walk(ExperimentConfig)
+    assert len(seen) > len(threestudio.registered_names())  # the typed blocks were walked too
+    assert not undocumented, undocumented
