@@ -44,5 +44,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def renderer_for(device: torch.device):
     """gsplat on CUDA, the pure-torch rasterizer on CPU (smoke checks)."""
     import threestudio
+    from threestudio.models.renderers.base import resolve_renderer_type
 
-    return threestudio.find("gsplat-renderer" if device.type == "cuda" else "torch-splat-renderer")({})
+    return threestudio.find(resolve_renderer_type("auto", device.type))({})

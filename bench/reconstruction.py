@@ -54,9 +54,10 @@ def _sync(device):
 
 def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -> tuple:
     from threestudio.data.refined_views import RandomTargets, load_refined_views
+    from threestudio.models.renderers.base import resolve_renderer_type
     from threestudio.systems.reconstruct import ReconstructSystem
 
-    ren = "gsplat-renderer" if device.type == "cuda" else "torch-splat-renderer"
+    ren = resolve_renderer_type("auto", device.type)
     sysm = ReconstructSystem(
         {
             "init_from": str(s2),

@@ -130,6 +130,7 @@ def run(a) -> int:
         "cuda" if (a.device == "auto" and torch.cuda.is_available()) else (a.device if a.device != "auto" else "cpu")
     )
     from threestudio.data.handoff import load_avatar
+    from threestudio.models.renderers.base import resolve_renderer_type
 
     model, appearance = load_avatar(
         ply, "body-gaussian-geometry", {}
@@ -147,7 +148,7 @@ def run(a) -> int:
             animator.export_ply(Path(a.export_ply) / f"frame_{i:05d}.ply", G[i])
         print(f"wrote {T} posed PLY frames to {a.export_ply}")
     if a.play:
-        renderer = threestudio.find("gsplat-renderer" if dev.type == "cuda" else "torch-splat-renderer")({})
+        renderer = threestudio.find(resolve_renderer_type("auto", dev.type))({})
         root = G[:, 0, :3, 3] + torch.einsum(
             "tab,b->ta", G[:, 0, :3, :3], template.joints[0].to(G)
         )  # root joint position

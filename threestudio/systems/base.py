@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import threestudio
 from threestudio.data.handoff import write_manifest
@@ -76,12 +76,10 @@ class BaseSystem:
         not need an earlier stage's outputs (configs, model files). Every plugin sub-config
         (``system.renderer``, ``system.densify``, ``system.guidance.face``, ...) is parsed here by its
         plugin's ``Config``. Returns the parsed config."""
-        c = parse_structured(cls.Config, cfg, "system")
-        resolved = OmegaConf.to_container(c)
-        resolved["renderer_type"] = resolve_renderer_type(
-            c.renderer_type, "cuda" if torch.cuda.is_available() else "cpu"
-        )
-        check_plugin_config(cls.Config, resolved, "system")
+        c = check_plugin_config(cls.Config, cfg, "system")
+        if c.renderer_type == "auto":  # the renderer this machine would run (check_plugin_config skips auto)
+            renderer = resolve_renderer_type("auto", "cuda" if torch.cuda.is_available() else "cpu")
+            check_plugin_config(threestudio.find(renderer).Config, c.renderer, "system.renderer", allow_missing=True)
         return c
 
     # ------------------------------------------------------------------ trial directory

@@ -222,15 +222,8 @@ def field_docs(cls: type) -> dict[str, str]:
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for stmt, nxt in zip(body, body[1:] + [None], strict=True):
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                doc = (
-                    nxt.value.value
-                    if (
-                        isinstance(nxt, ast.Expr)
-                        and isinstance(nxt.value, ast.Constant)
-                        and isinstance(nxt.value.value, str)
-                    )
-                    else ""
-                )
+                is_doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                doc = nxt.value.value if is_doc and isinstance(nxt.value.value, str) else ""
                 docs[stmt.target.id] = " ".join(doc.split())
     return docs
 
