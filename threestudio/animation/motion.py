@@ -19,6 +19,7 @@ from threestudio.models.body.smplx_joints import ANNY_JOINT_MAP, SMPLX_NATIVE_TO
 from threestudio.models.body.template import BODY_HEIGHT, BodyTemplate
 from threestudio.ops.lbs import axis_angle_to_matrix
 from threestudio.utils.errors import UserError
+from threestudio.utils.io import read_npz
 
 SMPLX_MEAN_HEIGHT = 1.70
 """Metres of an average SMPL-X body; motion translations are scaled by BODY_HEIGHT / this."""
@@ -45,16 +46,8 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
     Raises:
         UserError: missing file or keys, wrong joint count, NaN/inf values, zero frames.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"motion file not found: {path}")
-    try:  # every array read here, with allow_pickle=False: a shared file never runs code
-        with np.load(p, allow_pickle=False) as npz:
-            z = {k: npz[k] for k in npz.files}
-        files = set(z)
-    except Exception as e:  # noqa: BLE001
-        why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
-        raise UserError(f"cannot read motion {path}: {why} (expected an AMASS-style .npz)") from None
+    z = read_npz(path, "motion", hint="expected an AMASS-style .npz")  # a shared file never runs code
+    files = set(z)
     if "poses" not in files and "pose_body" not in files:
         raise UserError(
             f"motion {path} has no 'poses' array (keys: {sorted(files)}); expected AMASS SMPL-X "

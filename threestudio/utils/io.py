@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from threestudio.utils.errors import UserError
 
 
 @contextlib.contextmanager
@@ -90,3 +93,37 @@ def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
                 w.append_data(f)
         finally:
             w.close()
+
+
+def read_npz(path: str | Path, what: str, skip_pickled: bool = False, hint: str = "") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read with ``allow_pickle=False``: a file someone sent never runs
+    code when loaded.
+
+    Args:
+        what: what the file should be, for the messages (e.g. ``"motion"``).
+        skip_pickled: leave out object (pickled) arrays instead of refusing the file.
+        hint: appended to the "cannot read" message (what was expected).
+
+    Raises:
+        UserError: the file is missing, is not an ``.npz`` (zip) archive, cannot be read, or (unless
+            ``skip_pickled``) holds pickled objects.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} file not found: {path}")
+    suffix = f" ({hint})" if hint else ""
+    if not zipfile.is_zipfile(p):
+        raise UserError(f"cannot read {what} {path}: it is not an .npz archive{suffix}")
+    arrays = {}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            for k in z.files:
+                try:
+                    arrays[k] = z[k]
+                except ValueError as e:  # an object array: pickled, never loaded
+                    if not skip_pickled or "pickle" not in str(e):
+                        raise
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
+        raise UserError(f"cannot read {what} {path}: {why}{suffix}") from None
+    return arrays

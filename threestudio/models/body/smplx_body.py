@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from threestudio.models.body.template import (
     similarity_to_world,
 )
 from threestudio.utils.errors import UserError
+from threestudio.utils.io import read_npz
 
 _SMPLX_TO_WORLD = SMPLX_NATIVE_TO_WORLD.double()
 
@@ -56,16 +56,7 @@ def pickle_free_npz(path: Path, out_dir: Path) -> Path:
     Raises:
         UserError: the file is not a readable npz.
     """
-    arrays = {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            for k in z.files:
-                try:
-                    arrays[k] = z[k]
-                except ValueError:  # an object array: pickled, never loaded
-                    continue
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read SMPL-X model file {path}: {e}") from None
+    arrays = read_npz(path, "SMPL-X model file", skip_pickled=True)
     out = out_dir / path.name
     np.savez(out, **arrays)
     return out

@@ -11,7 +11,6 @@ body: method §12.3).
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from threestudio.utils.errors import UserError
+from threestudio.utils.io import atomic_path, read_npz
 from threestudio.utils.typing import Float, Int, Tensor
 
 BODY_HEIGHT = 0.6 * 1.1**10
@@ -73,8 +73,6 @@ class BodyTemplate:
 
     def save(self, path: str | Path) -> None:
         """Write the template as a compressed ``.npz`` atomically."""
-        from threestudio.utils.io import atomic_path
-
         arrays = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -92,33 +90,27 @@ class BodyTemplate:
             UserError: missing or unreadable file, pickled objects inside, missing keys, or another
                 format version.
         """
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"body template not found: {path}")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                version = int(z["format_version"]) if "format_version" in z.files else -1
-                if version != FORMAT_VERSION:
-                    raise UserError(
-                        f"{path} is not a body template of format version {FORMAT_VERSION} "
-                        "(write one with: python -m threestudio.models.body.export anny OUT.npz)"
-                    )
-                kw = {}
-                for f in fields(cls):
-                    a = z[f.name]
-                    if f.name in ("joint_names",):
-                        kw[f.name] = [str(s) for s in a.tolist()]
-                    elif f.name == "source":
-                        kw[f.name] = str(a)
-                    elif a.dtype.kind in "iu":
-                        kw[f.name] = torch.from_numpy(a.astype(np.int64))
-                    else:
-                        kw[f.name] = torch.from_numpy(a.astype(np.float32))
-        except UserError:
-            raise
-        except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
-            why = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e)
-            raise UserError(f"cannot read body template {path}: {why}") from None
+        z = read_npz(path, "body template")  # allow_pickle=False: a shared file never runs code
+        version = int(z["format_version"]) if "format_version" in z else -1
+        if version != FORMAT_VERSION:
+            raise UserError(
+                f"{path} is not a body template of format version {FORMAT_VERSION} "
+                "(write one with: python -m threestudio.models.body.export anny OUT.npz)"
+            )
+        missing = [f.name for f in fields(cls) if f.name not in z]
+        if missing:
+            raise UserError(f"cannot read body template {path}: missing arrays {', '.join(missing)}")
+        kw = {}
+        for f in fields(cls):
+            a = z[f.name]
+            if f.name == "joint_names":
+                kw[f.name] = [str(s) for s in a.tolist()]
+            elif f.name == "source":
+                kw[f.name] = str(a)
+            elif a.dtype.kind in "iu":
+                kw[f.name] = torch.from_numpy(a.astype(np.int64))
+            else:
+                kw[f.name] = torch.from_numpy(a.astype(np.float32))
         return cls(**kw)
 
 
