@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED=1 GIP_CACHE_DIR=/tmp/gipcache GIP_TINY_DIR=/tmp/tiny GIP
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch, diffusers, gsplat, transformers, peft, omegaconf; print(torch.__version__, diffusers.__version__, gsplat.__version__, transformers.__version__, peft.__version__)" | tee -a $OUT/gpu.txt
 python3 -m threestudio.tiny 2>&1 | tail -1
-(time python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_ops_sds.py -k "not template" 2>&1) 2>&1 | tail -15 | tee $OUT/pytest_gpu.txt
+(time python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1) 2>&1 | tail -15 | tee $OUT/pytest_gpu.txt
 python3 bench/rasterizer_agreement.py --template .bench/anny_template.npz --points 20000 --size 256 --out $OUT/raster.json 2>&1 | tail -30
 (time python3 -m threestudio.tiny --size sd15 --out /tmp/sd15) 2>&1 | tail -4
 python3 bench/stage1_step.py --models /tmp/sd15 --template .bench/anny_template.npz --steps 4 --out $OUT/stage1.json 2>&1 | grep -v Warning | tail -40
