@@ -22,6 +22,8 @@ install_import_hook("threestudio", "tests.typecheck.typechecker")
 ASSETS = REPO / "threestudio" / "assets"
 DEMO_MOTION = ASSETS / "motions" / "demo_wave.npz"
 """Procedural motion shipped with the repository (``threestudio/animation/demo_motion.py``)."""
+DEMO_FACE = ASSETS / "expressions" / "demo_face.csv"
+"""Procedural Live Link Face CSV shipped with the repository (``threestudio/animation/demo_expression.py``)."""
 AMASS_MOTION = REPO.parent / "shared" / "data" / "motions" / "amass_test_17.npz"
 """A captured AMASS motion, used when present (AMASS's licence forbids shipping it)."""
 PROMPT = "A man wearing a green t-shirt"
@@ -56,6 +58,17 @@ def template():
     from threestudio.models.body.anny_body import AnnyBody
 
     return AnnyBody({}).template()
+
+
+@pytest.fixture(scope="session")
+def smplx_template(template, tmp_path_factory):
+    """The SMPL-X template of a synthetic SMPL-X file (``threestudio/models/body/synthetic_smplx.py``)."""
+    from threestudio.models.body.smplx_body import SMPLXBody
+    from threestudio.models.body.synthetic_smplx import write_synthetic_smplx
+
+    root = tmp_path_factory.mktemp("smplx")
+    write_synthetic_smplx(root, template)
+    return SMPLXBody({"model_path": str(root), "use_cache": False}).template()
 
 
 def tiny_guidance_cfg(tiny: Path, **kw) -> dict:

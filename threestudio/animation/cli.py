@@ -1,4 +1,5 @@
-"""``animation.py``: drive a Gaussian avatar with an AMASS motion (see :func:`main`)."""
+"""``animation.py``: drive a Gaussian avatar with an AMASS motion and/or a facial expression recording
+(see :func:`main`)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,48 @@ from pathlib import Path
 
 import torch
 
-HELP = """Animate a 3D Gaussian avatar with body motion.
+HELP = """Animate a 3D Gaussian avatar: body motion, facial expressions, or both.
 
   python animation.py --ply <avatar.ply> --motion <motion.npz> --play [--rotate] [--gui]
+  python animation.py --ply <avatar.ply> --expression <face.csv> --view face --play
+  python animation.py --ply <avatar.ply> --gui          # pose the face by hand in the web viewer
 
-Writes an mp4 with --play (default <trial>/save/anim_<motion>.mp4), per-frame PLYs with
---export-ply DIR, and serves a web viewer with --gui (http://127.0.0.1:<port>)."""
+Writes an mp4 with --play (default <trial>/save/anim_<motion or expression>.mp4), per-frame PLYs with
+--export-ply DIR, and serves a web viewer with --gui (http://127.0.0.1:<port>).
+
+Motion and expression are both resampled to --fps. When they differ in length the result is as long
+as the longer one and the shorter one holds its last frame. Without --motion the body keeps its
+trained A-pose; the expression recording's head, neck, jaw and eye rotations apply on top of the
+motion's."""
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ply", required=True, help="avatar (standard 3DGS PLY, e.g. stage3/save/avatar.ply)")
     ap.add_argument(
-        "--motion", required=True, help="AMASS-style .npz (SMPL-X poses [T,165]/[T,55,3] or SMPL-H [T,156])"
+        "--motion",
+        default=None,
+        help="AMASS-style .npz (SMPL-X poses [T,165]/[T,55,3] or SMPL-H [T,156]); body, jaw, eye and finger "
+        "rotations are played",
+    )
+    ap.add_argument(
+        "--expression",
+        default=None,
+        metavar="FILE",
+        help="facial expression recording: an ARKit blendshape .csv as Live Link Face exports it (anny avatars), "
+        "or an AnimPortrait3D folder / expressions.npy [T,100] (+ poses.npy [T,15]; SMPL-X avatars)",
+    )
+    ap.add_argument(
+        "--expression-fps",
+        type=float,
+        default=None,
+        help="frame rate of the expression recording (default: 60 for a .csv, 30 for AnimPortrait3D .npy)",
+    )
+    ap.add_argument(
+        "--view",
+        choices=("body", "face"),
+        default="body",
+        help="camera of the video and the viewer: the whole body, or a close-up of the head",
     )
     ap.add_argument("--play", action="store_true", help="render the motion to an mp4")
     ap.add_argument("--rotate", action="store_true", help="orbit the camera once while playing")
@@ -80,7 +110,7 @@ def resolve_template(ply: Path, spec: str):
     return threestudio.find("anny-body")({}).template()
 
 
-def video_path(out: str | None, ply: Path, motion: Path) -> Path:
+def video_path(out: str | None, ply: Path, motion: Path) -> Path:  # motion: the motion or expression file
     """Where ``--play`` writes: ``--out`` as given, ``<out>/anim_<motion>.mp4`` when ``--out`` is a
     folder, else :func:`default_out`.
 
@@ -106,26 +136,73 @@ def default_out(ply: Path, motion: Path) -> Path:
     return Path("videos") / f"{ply.stem}_{motion.stem}.mp4"
 
 
+def head_cameras(perf, template, size: int, rotate: bool) -> list:
+    """One close-up camera per frame on the posed head (the ears' midpoint carried by the head joint)."""
+    from threestudio.animation.motion import joint_map_for
+    from threestudio.models.body.smplx_joints import HEAD
+    from threestudio.ops.camera import orbit_cameras
+
+    G = perf.transforms[:, joint_map_for(template)[HEAD]].cpu()  # T 4 4
+    c = template.head_center.to(G)
+    centres = torch.einsum("tab,b->ta", G[:, :3, :3], c) + G[:, :3, 3]
+    T, cams = len(perf), []
+    for i in range(T):
+        cam = orbit_cameras([90.0 + (360.0 * i / T if rotate else 0.0)], 5.0, 0.8, 30.0, size, size, 0.0, "head")
+        shift = torch.zeros(1, 4, 4)
+        shift[0, :3, 3] = centres[i]
+        cam.c2w = cam.c2w + shift
+        cam.center = cam.center + shift[:, :3, 3]
+        cams.append(cam)
+    return cams
+
+
+def body_cameras(perf, template, size: int, rotate: bool, follow: bool) -> list:
+    """One full-body camera per frame, following the root joint in the ground plane unless ``follow`` is off."""
+    from threestudio.ops.camera import orbit_cameras
+
+    G = perf.transforms.cpu()
+    root = G[:, 0, :3, 3] + torch.einsum("tab,b->ta", G[:, 0, :3, :3], template.joints[0].to(G))
+    T, cams = len(perf), []
+    for i in range(T):
+        cam = orbit_cameras([90.0 + (360.0 * i / T if rotate else 0.0)], 5.0, 2.5, 50.0, size, size, 0.0, "body")
+        if follow:
+            shift = torch.zeros(1, 4, 4)
+            shift[0, :2, 3] = root[i, :2]
+            cam.c2w = cam.c2w + shift
+            cam.center = cam.center + shift[:, :3, 3]
+        cams.append(cam)
+    return cams
+
+
 def run(a) -> int:
     import threestudio
     from threestudio.animation.animator import GaussianAnimator
-    from threestudio.animation.motion import load_motion, retarget
-    from threestudio.ops.camera import orbit_cameras
+    from threestudio.animation.expression import load_expression
+    from threestudio.animation.motion import load_motion
+    from threestudio.animation.performance import build_performance
     from threestudio.utils.errors import UserError
     from threestudio.utils.io import save_video
     from threestudio.utils.ply import read_gaussian_ply
 
     if not (a.play or a.gui or a.export_ply):
         raise UserError("nothing to do: add --play (video), --gui (web viewer) and/or --export-ply DIR")
-    ply, motion_path = Path(a.ply), Path(a.motion)
-    out = video_path(a.out, ply, motion_path) if a.play else None
+    if not (a.motion or a.expression or a.gui):
+        raise UserError("nothing to play: give --motion FILE and/or --expression FILE (or --gui to pose by hand)")
+    if not a.fps > 0:
+        raise UserError(f"--fps must be positive, got {a.fps}")
+    ply = Path(a.ply)
+    name = Path(a.motion or a.expression or "rest")
+    out = video_path(a.out, ply, name) if a.play else None
     read_gaussian_ply(ply)  # validates before anything heavy
-    motion = load_motion(motion_path, fps=a.fps)
-    if a.max_frames:
-        from threestudio.animation.motion import Motion
-
+    motion = load_motion(a.motion, fps=a.fps) if a.motion else None
+    expression = load_expression(a.expression, a.expression_fps) if a.expression else None
+    template = resolve_template(ply, a.template)
+    perf = build_performance(template, motion, expression, a.fps)  # checks the recording fits the template
+    if a.max_frames and a.max_frames < len(perf):
         n = a.max_frames
-        motion = Motion(motion.global_orient[:n], motion.body_pose[:n], motion.trans[:n], motion.fps)
+        perf.transforms = perf.transforms[:n]
+        perf.weights = perf.weights[:n] if perf.weights is not None else None
+        perf.motion = perf.motion.frames(n)
     dev = torch.device(
         "cuda" if (a.device == "auto" and torch.cuda.is_available()) else (a.device if a.device != "auto" else "cpu")
     )
@@ -139,32 +216,25 @@ def run(a) -> int:
     if appearance is not None:
         appearance.to(dev)
         print("specular appearance loaded: rendering view-dependent highlights")
-    template = resolve_template(ply, a.template)
     animator = GaussianAnimator(model, template, appearance=appearance)
-    G = retarget(motion, template).to(dev)
+    G = perf.transforms.to(dev)
+    W = perf.weights.to(dev) if perf.weights is not None else None
     T = G.shape[0]
     if a.export_ply:
         for i in range(T):
-            animator.export_ply(Path(a.export_ply) / f"frame_{i:05d}.ply", G[i])
+            animator.export_ply(Path(a.export_ply) / f"frame_{i:05d}.ply", G[i], None if W is None else W[i])
         print(f"wrote {T} posed PLY frames to {a.export_ply}")
     if a.play:
         renderer = threestudio.find(resolve_renderer_type("auto", dev.type))({})
-        root = G[:, 0, :3, 3] + torch.einsum(
-            "tab,b->ta", G[:, 0, :3, :3], template.joints[0].to(G)
-        )  # root joint position
+        if a.view == "face":
+            cams = head_cameras(perf, template, a.resolution, a.rotate)
+        else:
+            cams = body_cameras(perf, template, a.resolution, a.rotate, not a.no_follow)
         frames = []
         for i in range(T):
-            az = 90.0 + (360.0 * i / T if a.rotate else 0.0)
-            cz = 0.0
-            cam = orbit_cameras([az], 5.0, 2.5, 50.0, a.resolution, a.resolution, cz, "body")
-            if not a.no_follow:
-                shift = torch.zeros(1, 4, 4)
-                shift[0, :2, 3] = root[i, :2].cpu()
-                cam.c2w = cam.c2w + shift
-                cam.center = cam.center + shift[:, :3, 3]
             with torch.no_grad():
-                cam = cam.to(dev)
-                posed = animator.pose(G[i])
+                cam = cams[i].to(dev)
+                posed = animator.pose(G[i], None if W is None else W[i])
                 frames.append(renderer.render(posed, cam, animator.colors(posed, cam.c2w))["comp_rgb"][0].cpu())
         save_video(out, frames, fps=int(round(a.fps)))
         print(f"wrote {out} ({T} frames at {a.fps:g} fps)")
@@ -172,7 +242,7 @@ def run(a) -> int:
         from threestudio.animation.viewer import serve
 
         try:
-            serve(animator, G, a.fps, "127.0.0.1", a.port)
+            serve(animator, perf, "127.0.0.1", a.port, view=a.view)
         except KeyboardInterrupt:
             pass
     return 0

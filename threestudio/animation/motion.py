@@ -1,9 +1,11 @@
 """Body motions from AMASS-style files and their retargeting to a body template.
 
-Accepted ``.npz`` (AMASS conventions): ``poses`` [T, 165] / [T, 55, 3] (SMPL-X) or [T, 156] /
-[T, 52, 3] (SMPL-H) axis-angles (global orientation first, then the 21 body joints), or the split
-AMASS-X keys ``pose_body`` [T, 63] / [T, 21, 3] with an optional ``root_orient`` [T, 3]; optional
-``trans`` [T, 3] (metres), ``mocap_framerate`` (or ``mocap_frame_rate``; default 30).
+Accepted ``.npz`` (AMASS conventions): ``poses`` [T, 165] / [T, 55, 3] (SMPL-X: global orientation,
+21 body joints, jaw, left eye, right eye, 15 left-hand and 15 right-hand joints) or [T, 156] /
+[T, 52, 3] (SMPL-H: no jaw or eyes) axis-angles, or the split AMASS-X keys ``pose_body`` [T, 63] with
+optional ``root_orient`` [T, 3], ``pose_jaw`` [T, 3], ``pose_eye`` [T, 6], ``pose_hand`` [T, 90];
+optional ``trans`` [T, 3] (metres), ``mocap_framerate`` (or ``mocap_frame_rate``; default 30). Hand
+rotations are relative to flat hands (AMASS's convention).
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from threestudio.models.body.smplx_joints import ANNY_JOINT_MAP, SMPLX_NATIVE_TO_WORLD, SMPLX_PARENTS
+from threestudio.models.body.smplx_joints import (
+    ANNY_FACE_HAND_MAP,
+    ANNY_JOINT_MAP,
+    SMPLX_NATIVE_TO_WORLD,
+    SMPLX_PARENTS_55,
+)
 from threestudio.models.body.template import BODY_HEIGHT, BodyTemplate
 from threestudio.ops.lbs import axis_angle_to_matrix
 from threestudio.utils.errors import UserError
@@ -27,16 +34,38 @@ SMPLX_MEAN_HEIGHT = 1.70
 
 @dataclass
 class Motion:
-    """``global_orient`` [T, 3] and ``body_pose`` [T, 21, 3] axis-angles, ``trans`` [T, 3] metres,
-    ``fps`` frames per second."""
+    """An SMPL-X motion: ``pose`` [T, 55, 3] local axis-angles in SMPL-X joint order (global
+    orientation, 21 body joints, jaw, left eye, right eye, 2 x 15 finger joints; radians, SMPL-X native
+    axes), ``trans`` [T, 3] metres, ``fps`` frames per second."""
 
-    global_orient: torch.Tensor
-    body_pose: torch.Tensor
+    pose: torch.Tensor
     trans: torch.Tensor
     fps: float
 
     def __len__(self) -> int:
-        return self.body_pose.shape[0]
+        return self.pose.shape[0]
+
+    @property
+    def global_orient(self) -> torch.Tensor:
+        """[T, 3] root orientation."""
+        return self.pose[:, 0]
+
+    @property
+    def body_pose(self) -> torch.Tensor:
+        """[T, 21, 3] body joints."""
+        return self.pose[:, 1:22]
+
+    @classmethod
+    def from_body(cls, global_orient: torch.Tensor, body_pose: torch.Tensor, trans: torch.Tensor, fps: float):
+        """A motion of root [T, 3] and body [T, 21, 3] rotations; jaw, eyes and fingers at rest."""
+        T = body_pose.shape[0]
+        rest = torch.zeros(T, 33, 3, dtype=body_pose.dtype)
+        return cls(torch.cat([global_orient[:, None], body_pose, rest], 1), trans, fps)
+
+    def frames(self, n: int) -> Motion:
+        """The first ``n`` frames, or, past the end, the last frame held."""
+        idx = torch.arange(n).clamp(max=len(self) - 1)
+        return Motion(self.pose[idx], self.trans[idx], self.fps)
 
 
 def load_motion(path: str | Path, fps: float | None = None) -> Motion:
@@ -55,19 +84,17 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
         )
     if "poses" in files:
         poses = np.asarray(z["poses"], dtype=np.float64)
-    else:  # split keys: body pose [+ root orientation], padded to the SMPL-X layout
+    else:  # split keys: body pose [+ root orientation, jaw, eyes, hands], assembled in the SMPL-X layout
         body = np.asarray(z["pose_body"], dtype=np.float64)
         Tb = body.shape[0] if body.ndim >= 1 else 0
-        if Tb and body.reshape(Tb, -1).shape[1] != 63:
-            raise UserError(
-                f"motion {path}: 'pose_body' has {body.reshape(Tb, -1).shape[1] // 3} joints per frame; expected 21"
-            )
-        root = (
-            np.asarray(z["root_orient"], dtype=np.float64).reshape(Tb, 3)
-            if "root_orient" in files
-            else np.zeros((Tb, 3))
-        )
-        poses = np.concatenate([root, body.reshape(Tb, 63), np.zeros((Tb, 99))], 1) if Tb else np.zeros((0, 165))
+        parts = [("root_orient", 3), ("pose_body", 63), ("pose_jaw", 3), ("pose_eye", 6), ("pose_hand", 90)]
+        cols = []
+        for key, n in parts:
+            a = np.asarray(z[key], dtype=np.float64) if key in files else np.zeros((Tb, n))
+            if Tb and a.reshape(a.shape[0] if a.ndim else 0, -1).shape != (Tb, n):
+                raise UserError(f"motion {path}: '{key}' has shape {a.shape}; expected [{Tb}, {n}]")
+            cols.append(a.reshape(Tb, n))
+        poses = np.concatenate(cols, 1) if Tb else np.zeros((0, 165))
     T = poses.shape[0] if poses.ndim >= 1 else 0
     if T == 0:
         raise UserError(f"motion {path} has zero frames")
@@ -77,6 +104,8 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
             f"motion {path}: 'poses' has {flat.shape[1] // 3 if flat.shape[1] % 3 == 0 else flat.shape[1]} "
             "joints per frame; expected 55 (SMPL-X, [T,165]) or 52 (SMPL-H, [T,156])"
         )
+    if flat.shape[1] == 156:  # SMPL-H: body + hands; no jaw or eyes
+        flat = np.concatenate([flat[:, :66], np.zeros((T, 9)), flat[:, 66:]], 1)
     trans = np.asarray(z["trans"], dtype=np.float64) if "trans" in files else np.zeros((T, 3))
     if trans.shape != (T, 3):
         raise UserError(f"motion {path}: 'trans' has shape {trans.shape}, expected ({T}, 3)")
@@ -89,27 +118,35 @@ def load_motion(path: str | Path, fps: float | None = None) -> Motion:
         if "mocap_frame_rate" in files
         else 30.0
     )
-    aa = torch.from_numpy(flat[:, :66].reshape(T, 22, 3))
-    m = Motion(aa[:, 0].float(), aa[:, 1:].float(), torch.from_numpy(trans).float(), rate)
+    m = Motion(torch.from_numpy(flat.reshape(T, 55, 3)).float(), torch.from_numpy(trans).float(), rate)
     return resample(m, fps) if fps and abs(fps - rate) > 1e-6 else m
 
 
-def resample(m: Motion, fps: float) -> Motion:
-    """Resample to ``fps`` (slerp on joint rotations, linear on translation)."""
-    import roma
-
-    T = len(m)
-    step = m.fps / fps  # source frames per output frame
+def resample_index(T: int, src_fps: float, fps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source frames ``(i0, i1, w)`` of each output frame when ``T`` frames at ``src_fps`` are
+    resampled to ``fps``: output frame n lies at ``(1 - w) * i0 + w * i1`` (the last source frame is
+    the last output frame that fits)."""
+    step = src_fps / fps  # source frames per output frame
     n = int(math.floor((T - 1) / step + 1e-9)) + 1
     src = torch.arange(n, dtype=torch.float64) * step
     i0 = src.floor().long().clamp(max=T - 1)
     i1 = (i0 + 1).clamp(max=T - 1)
-    w = (src - i0).float()
-    aa = torch.cat([m.global_orient[:, None], m.body_pose], 1)
+    return i0, i1, (src - i0).float()
+
+
+def slerp_rotvecs(aa: torch.Tensor, i0: torch.Tensor, i1: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of axis-angle frames ``aa`` [T, ..., 3] between frames i0 and i1 [n]."""
+    import roma
+
     q = roma.rotvec_to_unitquat(aa)
-    out = roma.unitquat_to_rotvec(_slerp(q[i0], q[i1], w))
+    return roma.unitquat_to_rotvec(_slerp(q[i0], q[i1], w))
+
+
+def resample(m: Motion, fps: float) -> Motion:
+    """Resample to ``fps`` (slerp on joint rotations, linear on translation)."""
+    i0, i1, w = resample_index(len(m), m.fps, fps)
     tr = m.trans[i0] * (1 - w[:, None]) + m.trans[i1] * w[:, None]
-    return Motion(out[:, 0], out[:, 1:], tr, fps)
+    return Motion(slerp_rotvecs(m.pose, i0, i1, w), tr, fps)
 
 
 def _slerp(q0, q1, w):
@@ -125,13 +162,13 @@ def _slerp(q0, q1, w):
     return q / q.norm(dim=-1, keepdim=True)
 
 
-def smplx_world_rotations(global_orient: torch.Tensor, body_pose: torch.Tensor) -> torch.Tensor:
-    """Forward kinematics of rotations only: [T, 22, 3, 3] world rotations of the SMPL-X body joints
-    (native SMPL-X/AMASS world)."""
-    local = axis_angle_to_matrix(torch.cat([global_orient[:, None], body_pose], 1).double())
+def smplx_world_rotations(pose: torch.Tensor) -> torch.Tensor:
+    """Forward kinematics of rotations only: [T, 55, 3, 3] world rotations of the SMPL-X joints for
+    local axis-angles ``pose`` [T, 55, 3] (native SMPL-X/AMASS world)."""
+    local = axis_angle_to_matrix(pose.double())
     world = [local[:, 0]]
-    for j in range(1, 22):
-        world.append(world[SMPLX_PARENTS[j]] @ local[:, j])
+    for j in range(1, local.shape[1]):
+        world.append(world[SMPLX_PARENTS_55[j]] @ local[:, j])
     return torch.stack(world, 1)
 
 
@@ -155,22 +192,35 @@ def _heading_alignment(R_root: torch.Tensor) -> torch.Tensor:
     return Rz @ K0
 
 
-def smplx_apose_world(dtype=torch.float64) -> torch.Tensor:
-    """[22, 3, 3] native world rotations of the SMPL-X A-pose of method §2.1 (the canonical pose)."""
+def smplx_apose(frames: int = 1) -> Motion:
+    """The SMPL-X A-pose of method §2.1 (the canonical pose; flat hands, jaw and eyes at rest) held for
+    ``frames`` frames at 30 fps: the motion that leaves the avatar as trained."""
     from threestudio.models.body.smplx_body import smplx_apose_body_pose
 
-    return smplx_world_rotations(torch.zeros(1, 3, dtype=dtype), smplx_apose_body_pose().to(dtype)[None])[0]
+    body = smplx_apose_body_pose().float()[None].repeat(frames, 1, 1)
+    return Motion.from_body(torch.zeros(frames, 3), body, torch.zeros(frames, 3), 30.0)
+
+
+def smplx_apose_world() -> torch.Tensor:
+    """[55, 3, 3] native world rotations of :func:`smplx_apose`."""
+    return smplx_world_rotations(smplx_apose().pose)[0]
 
 
 def joint_map_for(template: BodyTemplate) -> dict[int, int]:
-    """SMPL-X body joint -> template joint index (direct for smplx, :data:`ANNY_JOINT_MAP` for anny)."""
+    """SMPL-X joint -> template joint index: direct for smplx (all 55 joints), :data:`ANNY_JOINT_MAP`
+    plus the eye and finger bones of :data:`ANNY_FACE_HAND_MAP` for anny (no jaw bone).
+
+    Raises:
+        UserError: the template lacks a body joint needed for retargeting.
+    """
     if template.source == "smplx":
-        return {j: j for j in range(22)}
+        return {j: j for j in range(min(55, template.joints.shape[0]))}
     names = {n: i for i, n in enumerate(template.joint_names)}
     missing = [n for n in ANNY_JOINT_MAP.values() if n not in names]
     if missing:
         raise UserError(f"body template {template.source!r} lacks joints {missing} needed for retargeting")
-    return {j: names[n] for j, n in ANNY_JOINT_MAP.items()}
+    both = ANNY_JOINT_MAP | {j: n for j, n in ANNY_FACE_HAND_MAP.items() if n in names}
+    return {j: names[n] for j, n in both.items()}
 
 
 def retarget(motion: Motion, template: BodyTemplate) -> torch.Tensor:
@@ -180,13 +230,15 @@ def retarget(motion: Motion, template: BodyTemplate) -> torch.Tensor:
     (``ΔR_j = K R_j(pose) R_j(A)^-1 M^-1``, K aligning the motion's up/facing with the template's),
     drives the corresponding template joint; unmapped joints (fingers, toes, extra spine bones) take
     their nearest mapped ancestor's rotation. Joint positions follow by forward kinematics along the
-    template's own bones, so the canonical proportions are kept (rest-pose correction).
+    template's own bones, so the canonical proportions are kept (rest-pose correction). Eye and finger
+    rotations drive the template's eye and finger bones (jaw: the smplx template's jaw joint; anny has
+    no jaw bone, see :func:`jaw_open_weight`).
     """
-    R = smplx_world_rotations(motion.global_orient, motion.body_pose)  # T 22 3 3
+    R = smplx_world_rotations(motion.pose)  # T 55 3 3
     RA = smplx_apose_world()
     M = SMPLX_NATIVE_TO_WORLD.double()
     K = _heading_alignment(R[0, 0])
-    dR = K @ R @ RA.transpose(-1, -2) @ M.T  # T 22 3 3, template world
+    dR = K @ R @ RA.transpose(-1, -2) @ M.T  # T 55 3 3, template world
     jmap = joint_map_for(template)
     J, T = template.joints.shape[0], len(motion)
     parents = template.parents.tolist()

@@ -96,17 +96,15 @@ def incident_faces(faces: Int[Tensor, "F 3"], num_vertices: int, most: int = 8) 
     return inc
 
 
-def surface_skinning_weights(
-    points: Float[Tensor, "N 3"],
-    vertices: Float[Tensor, "V 3"],
-    faces: Int[Tensor, "F 3"],
-    vertex_weights: Float[Tensor, "V J"],
-    k_vertices: int = 8,
-) -> tuple[Float[Tensor, "N J"], Float[Tensor, " N"]]:
-    """Skinning weights of arbitrary points interpolated (barycentric) at their closest point on the
-    mesh; candidates are the faces around the ``k_vertices`` nearest vertices.
+def closest_surface_points(
+    points: Float[Tensor, "N 3"], vertices: Float[Tensor, "V 3"], faces: Int[Tensor, "F 3"], k_vertices: int = 8
+) -> tuple[Int[Tensor, " N"], Float[Tensor, "N 3"], Float[Tensor, " N"]]:
+    """Closest point of each point on a triangle mesh; candidates are the faces around the
+    ``k_vertices`` nearest vertices. A point exactly on a vertex gets a one-hot barycentric row.
 
-    Returns (weights [N, J], distance to the surface [N])."""
+    Returns:
+        (face index [N], barycentric coordinates [N, 3] over ``faces[face]``, distance [N]).
+    """
     from scipy.spatial import cKDTree
 
     V = vertices.shape[0]
@@ -121,9 +119,23 @@ def surface_skinning_weights(
     d2 = torch.where(valid, d2, torch.full_like(d2, float("inf")))
     best = d2.argmin(1)
     ar = torch.arange(len(points))
-    f_best, b_best = faces[cand[ar, best]], bary[ar, best]
-    w = (vertex_weights[f_best] * b_best[..., None]).sum(1)
-    return w / w.sum(-1, keepdim=True).clamp_min(1e-12), d2[ar, best].sqrt()
+    return cand[ar, best], bary[ar, best], d2[ar, best].sqrt()
+
+
+def surface_skinning_weights(
+    points: Float[Tensor, "N 3"],
+    vertices: Float[Tensor, "V 3"],
+    faces: Int[Tensor, "F 3"],
+    vertex_weights: Float[Tensor, "V J"],
+    k_vertices: int = 8,
+) -> tuple[Float[Tensor, "N J"], Float[Tensor, " N"]]:
+    """Skinning weights of arbitrary points interpolated (barycentric) at their closest point on the
+    mesh (:func:`closest_surface_points`).
+
+    Returns (weights [N, J], distance to the surface [N])."""
+    face, bary, dist = closest_surface_points(points, vertices, faces, k_vertices)
+    w = (vertex_weights[faces[face]] * bary[..., None]).sum(1)
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12), dist
 
 
 def smooth_weights(

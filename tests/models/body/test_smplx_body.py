@@ -8,16 +8,6 @@ from tests.conftest import planted_array
 from threestudio.utils.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def smplx_template(template, tmp_path_factory):
-    from threestudio.models.body.smplx_body import SMPLXBody
-    from threestudio.models.body.synthetic_smplx import write_synthetic_smplx
-
-    root = tmp_path_factory.mktemp("smplx")
-    write_synthetic_smplx(root, template)
-    return SMPLXBody({"model_path": str(root), "use_cache": False}).template()
-
-
 def test_smplx_without_files_is_a_clear_error(tmp_path):
     from threestudio.models.body.smplx_body import SMPLXBody
 
@@ -49,10 +39,10 @@ def test_smplx_direct_retarget_left_shoulder(smplx_template):
 
     t = smplx_template
     pose = smplx_apose_body_pose().clone()
-    G0 = retarget(Motion(torch.zeros(1, 3), pose[None].float(), torch.zeros(1, 3), 30.0), t)[0]
+    G0 = retarget(Motion.from_body(torch.zeros(1, 3), pose[None].float(), torch.zeros(1, 3), 30.0), t)[0]
     np.testing.assert_allclose(G0, torch.eye(4).expand_as(G0), atol=1e-5)
     pose[15] = torch.tensor([0.0, 0.0, math.pi / 4])
-    G = retarget(Motion(torch.zeros(1, 3), pose[None].float(), torch.zeros(1, 3), 30.0), t)[0]
+    G = retarget(Motion.from_body(torch.zeros(1, 3), pose[None].float(), torch.zeros(1, 3), 30.0), t)[0]
     W = torch.zeros(t.vertices.shape[0], 55).scatter_(1, t.skin_indices, t.skin_weights)
     out, _ = lbs_gaussians(t.vertices, torch.tensor([[1.0, 0, 0, 0]]).repeat(len(t.vertices), 1), W, G)
     lw = W[:, 20] > 0.5  # left wrist vertices
@@ -75,3 +65,16 @@ def test_smplx_model_file_pickles_are_dropped(tmp_path, template):
     t = SMPLXBody({"model_path": str(tmp_path / "m")}).build()
     assert t.vertices.shape[0] == arrays["v_template"].shape[0]
     assert not marker.exists()
+
+
+def test_smplx_template_carries_the_files_expression_directions(smplx_template, tmp_path):
+    from threestudio.models.body.smplx_body import expression_count
+
+    e = smplx_template.expressions
+    assert e.kind == "smplx" and len(e) == 100 and e.names[0] == "expr_000"
+    assert (expression_count(400), expression_count(20), expression_count(10)) == (100, 10, 0)
+    names = smplx_template.joint_names
+    assert names[22:25] == ["jaw", "left_eye", "right_eye"] and names[-1] == "right_thumb3"
+    # the synthetic file's directions live on the head only
+    idx = e.moved_vertices()
+    assert smplx_template.vertices[idx, 2].min() > smplx_template.keypoints[1, 2] - 0.05

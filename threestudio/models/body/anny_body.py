@@ -1,5 +1,11 @@
 """Anny body template (NAVER, Apache-2.0 code, CC0 MakeHuman assets shipped in the wheel).
 
+The template carries anny's 52 facial blendshapes, named like Apple ARKit's (CC0 "Face Units" assets,
+``anny.Anny(facial_actions="all")``; same topology as the default model: 13,718 vertices with eyeballs
+and tongue), and its 104 bones, which include the eyes (``eye.L``/``eye.R``) and 30 finger bones
+(``finger1-1.L``... : finger1 is the thumb, finger5 the little finger). The default rig has no jaw
+bone: the jaw opens through the ``jawOpen`` blendshape.
+
 Anny's rest pose is already an A-pose (arms ~45° below horizontal, like the SMPL-X A-pose of
 method §2.1), so it is used as is. Anny's native frame is z up, facing -y, left at +x; a 180°
 rotation about z (a proper rotation) brings it to the template frame (facing +y, left at -x).
@@ -13,6 +19,7 @@ import torch
 
 import threestudio
 from threestudio.models.body.base import BodyModel
+from threestudio.models.body.expression import ARKIT_BLENDSHAPES, ExpressionBasis
 from threestudio.models.body.template import (
     BodyTemplate,
     apply_similarity,
@@ -38,17 +45,28 @@ class AnnyBody(BodyModel):
     def cache_key(self) -> dict:
         import anny
 
-        return {"anny": anny.__version__, "phenotype": dict(self.cfg.phenotype or {}), "v": 1}
+        return {"anny": anny.__version__, "phenotype": dict(self.cfg.phenotype or {}), "v": 2}
 
     def build(self) -> BodyTemplate:
         try:
             import anny
         except ImportError as e:  # pragma: no cover - exercised only without the package
             raise UserError("the 'anny' body template needs `pip install anny`") from e
-        model = anny.Anny().to(torch.float64)
+        model = anny.Anny(facial_actions="all").to(torch.float64)
+        phenotype = dict(self.cfg.phenotype or {}) or None
         with torch.no_grad():
-            out = model(pose_parameters=None, phenotype_kwargs=dict(self.cfg.phenotype or {}) or None)
+            out = model(pose_parameters=None, phenotype_kwargs=phenotype)
             coco = anny.KeypointsRegressor.coco(model)(out)[0]
+            if list(model.facial_action_labels) != list(ARKIT_BLENDSHAPES):  # pragma: no cover - other anny
+                raise UserError(f"anny {anny.__version__} has unexpected facial actions; install anny==0.6.2")
+            # each blendshape's offset at weight 1 on this phenotype's rest pose (native frame)
+            dense = torch.stack(
+                [
+                    model(pose_parameters=None, phenotype_kwargs=phenotype, facial_actions={k: 1.0})["vertices"][0]
+                    - out["vertices"][0]
+                    for k in ARKIT_BLENDSHAPES
+                ]
+            )
         verts = out["vertices"][0]
         frames = out["bone_poses"][0]
         names = list(model.bone_labels)
@@ -76,4 +94,5 @@ class AnnyBody(BodyModel):
             joint_frames=frames_to_world(frames, R, c, s).float(),
             keypoints=apply_similarity(torch.stack(op), R, c, s).float(),
             source="anny",
+            expressions=ExpressionBasis.from_dense(list(ARKIT_BLENDSHAPES), "arkit", s * dense @ R.T),
         )

@@ -2,6 +2,9 @@
 
 The files are licence-gated (https://smpl-x.is.tue.mpg.de): point ``SMPLX_DIR`` (or
 ``system.body.model_path``) at the folder that contains ``smplx/SMPLX_NEUTRAL.npz``.
+The template carries the model file's expression directions (as many as the file has, at most 100:
+10 in SMPL-X v1.0, 100 in the 2020 model) and its 55 joints: 22 body joints, jaw, both eyes and
+30 finger joints (flat hands in the A-pose).
 Pose: the A-pose of method §2.1 (hips, shoulders ∓π/4, wrists). SMPL-X's native frame is y up,
 facing +z, left at +x; the proper rotation (x, y, z) -> (-x, z, y) brings it to the template frame.
 """
@@ -19,7 +22,8 @@ import torch
 
 import threestudio
 from threestudio.models.body.base import BodyModel
-from threestudio.models.body.smplx_joints import SMPLX_NATIVE_TO_WORLD
+from threestudio.models.body.expression import ExpressionBasis
+from threestudio.models.body.smplx_joints import SMPLX_JOINT_NAMES, SMPLX_NATIVE_TO_WORLD
 from threestudio.models.body.template import (
     BodyTemplate,
     apply_similarity,
@@ -45,6 +49,15 @@ def smplx_apose_body_pose() -> torch.Tensor:
     p[19] = torch.tensor([1.0, 0.0, 0.0])
     p[20] = torch.tensor([1.0, 0.0, 0.0])
     return p
+
+
+def expression_count(shape_dims: int) -> int:
+    """Expression directions in an SMPL-X file whose ``shapedirs`` has ``shape_dims`` columns, read as
+    the ``smplx`` package does: 300 shape + up to 100 expression columns (the 2020 model), or the older
+    10 shape + 10 expression layout."""
+    if shape_dims >= 300:
+        return min(100, shape_dims - 300)
+    return 10 if shape_dims >= 20 else 0
 
 
 def pickle_free_npz(path: Path, out_dir: Path) -> Path:
@@ -88,13 +101,15 @@ class SMPLXBody(BodyModel):
     def cache_key(self) -> dict:
         f = self._model_file()
         st = f.stat()
-        return {"file": str(f.resolve()), "size": st.st_size, "mtime": int(st.st_mtime), "v": 1}
+        return {"file": str(f.resolve()), "size": st.st_size, "mtime": int(st.st_mtime), "v": 2}
 
     def build(self) -> BodyTemplate:
         import smplx
 
         with tempfile.TemporaryDirectory() as tmp:  # smplx's own loader unpickles: give it a clean copy
             clean = pickle_free_npz(self._model_file(), Path(tmp))
+            with np.load(clean) as z:
+                n_expr = expression_count(z["shapedirs"].shape[-1])
             model = smplx.create(
                 str(clean),
                 model_type="smplx",
@@ -103,12 +118,20 @@ class SMPLXBody(BodyModel):
                 flat_hand_mean=True,
                 use_face_contour=False,
                 num_betas=10,
-                num_expression_coeffs=10,
+                num_expression_coeffs=max(n_expr, 1),
                 ext="npz",
             ).double()
         body_pose = smplx_apose_body_pose().reshape(1, -1)
         with torch.no_grad():
             out = model(body_pose=body_pose, return_full_pose=True)
+            # each expression direction's offset at coefficient 1 on the A-posed body (native frame)
+            unit = torch.eye(max(n_expr, 1), dtype=torch.float64)
+            dense = None
+            if n_expr:
+                dense = torch.stack(
+                    [model(body_pose=body_pose, expression=unit[k : k + 1]).vertices[0] for k in range(n_expr)]
+                )
+                dense = dense - out.vertices[0]
         verts, joints = out.vertices[0], out.joints[0]
         # world rotation of each of the 55 kinematic joints (forward kinematics on axis-angles)
         from smplx.lbs import batch_rigid_transform, batch_rodrigues
@@ -126,7 +149,7 @@ class SMPLXBody(BodyModel):
         k = min(8, W.shape[1])
         sw, si = W.topk(k, dim=-1)
         sw = sw / sw.sum(-1, keepdim=True)
-        names = [f"smplx_{i}" for i in range(n_j)]
+        names = list(SMPLX_JOINT_NAMES[:n_j])
         return BodyTemplate(
             vertices=apply_similarity(verts, R, c, s).float(),
             faces=torch.as_tensor(model.faces.astype("int64")),
@@ -138,4 +161,7 @@ class SMPLXBody(BodyModel):
             joint_frames=frames_to_world(frames, R, c, s).float(),
             keypoints=apply_similarity(joints[list(SMPLX_TO_OPENPOSE18)], R, c, s).float(),
             source="smplx",
+            expressions=None
+            if dense is None
+            else ExpressionBasis.from_dense([f"expr_{k:03d}" for k in range(n_expr)], "smplx", s * dense @ R.T),
         )

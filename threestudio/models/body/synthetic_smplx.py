@@ -1,7 +1,8 @@
 """A synthetic ``SMPLX_NEUTRAL.npz`` with the real keys and shapes, for tests of the SMPL-X code path
 where the licence-gated files cannot be had (DESIGN.md §5). Its body is the anny template put back
 into SMPL-X's native frame (y up, facing +z, left at +x) and un-A-posed to a T-pose-free rest, with the
-55 SMPL-X joints placed at the corresponding anny joints and rigid (one-hot) skinning, so the
+55 SMPL-X joints placed at the corresponding anny joints, rigid (one-hot) skinning and 100 smooth random
+expression directions on the head, so the
 ``smplx`` loader, its A-pose and our frame conversion can be checked end to end.
 
     python -m threestudio.models.body.synthetic_smplx OUT_DIR   # writes OUT_DIR/smplx/SMPLX_NEUTRAL.npz
@@ -15,16 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from threestudio.models.body.smplx_joints import ANNY_JOINT_MAP, SMPLX_NATIVE_TO_WORLD, SMPLX_PARENTS
+from threestudio.models.body.smplx_joints import ANNY_JOINT_MAP, SMPLX_NATIVE_TO_WORLD, SMPLX_PARENTS_55
 from threestudio.models.body.template import BodyTemplate
-
-# 55 SMPL-X kinematic parents: 22 body joints, jaw, two eyes, 15 + 15 finger joints
-SMPLX_PARENTS_55 = (
-    list(SMPLX_PARENTS)
-    + [15, 15, 15]
-    + [20, 25, 26, 20, 28, 29, 20, 31, 32, 20, 34, 35, 20, 37, 38]
-    + [21, 40, 41, 21, 43, 44, 21, 46, 47, 21, 49, 50, 21, 52, 53]
-)
 
 
 def write_synthetic_smplx(out_dir: str | Path, template: BodyTemplate) -> Path:
@@ -53,13 +46,19 @@ def write_synthetic_smplx(out_dir: str | Path, template: BodyTemplate) -> Path:
     W = np.zeros((V, 55))
     W[np.arange(V), anny_to_smplx[dom]] = 1.0
     F = template.faces.numpy()
+    # 100 expression directions (shapedirs[..., 300:]): smooth random fields on the head, zero elsewhere
+    rng = np.random.default_rng(0)
+    head = (v[:, 1] > J[12, 1]).astype(np.float64)[:, None]  # above the neck joint (y up)
+    freq, phase = rng.normal(0, 20, (100, 3, 3)), rng.uniform(0, 2 * np.pi, (100, 3))
+    expr = 0.004 * np.sin(np.einsum("vb,kab->vak", v, freq) + phase.T[None]) * head[..., None]
+    shapedirs = np.concatenate([np.zeros((V, 3, 300)), expr], -1)
     arrays = dict(
         v_template=v,
         f=F.astype(np.int64),
         J_regressor=J_reg,
         weights=W,
         kintree_table=np.stack([np.array(SMPLX_PARENTS_55), np.arange(55)]).astype(np.int64),
-        shapedirs=np.zeros((V, 3, 400)),
+        shapedirs=shapedirs,
         posedirs=np.zeros((V, 3, 486)),
         hands_componentsl=np.eye(45),
         hands_componentsr=np.eye(45),

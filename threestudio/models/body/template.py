@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from threestudio.models.body.expression import ExpressionBasis
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path, read_npz
 from threestudio.utils.typing import Float, Int, Tensor
@@ -30,7 +31,9 @@ OPENPOSE18_NAMES = (
 )  # fmt: skip
 """OpenPose-18 (COCO-18) keypoint order; "r_"/"l_" are the person's anatomical right/left."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 added the optional expression blendshapes; version-1 files still load (without them)."""
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -49,6 +52,8 @@ class BodyTemplate:
             skinning to a new pose uses ``G_j = frame_j(pose) @ inverse(frame_j(A-pose))``.
         keypoints: [18, 3] OpenPose-18 keypoints (:data:`OPENPOSE18_NAMES` order).
         source: which plugin built it (``"anny"``, ``"smplx"``...).
+        expressions: facial expression blendshapes on the A-posed vertices (ARKit for anny, SMPL-X
+            expression coefficients for smplx), or None (a version-1 file).
     """
 
     vertices: Float[Tensor, "V 3"]
@@ -61,6 +66,7 @@ class BodyTemplate:
     joint_frames: Float[Tensor, "J 4 4"]
     keypoints: Float[Tensor, "18 3"]
     source: str
+    expressions: ExpressionBasis | None = None
 
     @property
     def height(self) -> float:
@@ -74,9 +80,11 @@ class BodyTemplate:
     def save(self, path: str | Path) -> None:
         """Write the template as a compressed ``.npz`` atomically."""
         arrays = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            arrays[f.name] = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
+        extra = self.expressions.to_arrays() if self.expressions is not None else {}
+        for name, v in [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "expressions"] + list(
+            extra.items()
+        ):
+            arrays[name] = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
         arrays["format_version"] = np.asarray(FORMAT_VERSION)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -92,16 +100,21 @@ class BodyTemplate:
         """
         z = read_npz(path, "body template")  # allow_pickle=False: a shared file never runs code
         version = int(z["format_version"]) if "format_version" in z else -1
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise UserError(
-                f"{path} is not a body template of format version {FORMAT_VERSION} "
+                f"{path} is not a body template of format version {' or '.join(map(str, READABLE_VERSIONS))} "
                 "(write one with: python -m threestudio.models.body.export anny OUT.npz)"
             )
-        missing = [f.name for f in fields(cls) if f.name not in z]
+        names = [f.name for f in fields(cls) if f.name != "expressions"]
+        missing = [n for n in names if n not in z]
         if missing:
             raise UserError(f"cannot read body template {path}: missing arrays {', '.join(missing)}")
         kw = {}
-        for f in fields(cls):
+        try:
+            kw["expressions"] = ExpressionBasis.from_arrays(z)
+        except (KeyError, ValueError) as e:
+            raise UserError(f"cannot read the expression blendshapes of body template {path}: {e}") from None
+        for f in [f for f in fields(cls) if f.name != "expressions"]:
             a = z[f.name]
             if f.name == "joint_names":
                 kw[f.name] = [str(s) for s in a.tolist()]
