@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_MOTION, REPO, face
+from tests.conftest import DEMO_FACE, DEMO_MOTION, REPO, face
 
 FAST = ["trainer.max_steps=3", "data.n_test_views=4", "trainer.enable_progress_bar=false"]
 """Appended to the README's command: a few steps instead of the tiny preset's 30 (CI time)."""
@@ -89,6 +89,20 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
     assert main([str(a) for a in args]) == 0
     assert "specular appearance loaded" in capsys.readouterr().out
     assert (run / "stage3/save" / f"anim_{DEMO_MOTION.stem}.mp4").is_file()
+
+    # a new user's facial animation of the same avatar: the shipped Live Link Face CSV, head close-up
+    import imageio.v3 as iio
+    import numpy as np
+
+    face_csv = repo / DEMO_FACE.relative_to(REPO)
+    argv = [sys.executable, "animation.py", "--ply", str(run / "stage3/save/avatar.ply"), "--expression", str(face_csv),
+            "--view", "face", "--play", "--fps", "10", "--resolution", "48", "--device", "cpu"]  # fmt: skip
+    r3 = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    v = iio.imread(run / "stage3/save" / f"anim_{DEMO_FACE.stem}.mp4").astype(float)
+    assert v.shape[0] == 30
+    change = np.abs(v[:, 8:40, 12:36] - v[0, 8:40, 12:36]).mean(axis=(1, 2, 3))
+    assert change.max() > 1.0, change  # the face moves (the tiny avatar is blurry: a small change)
 
 
 @pytest.mark.parametrize("args,pattern", [

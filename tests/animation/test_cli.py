@@ -208,3 +208,11 @@ def test_bad_expression_input_is_one_clear_error(template, smplx_template, tmp_p
     err = capsys.readouterr().err
     assert pattern in err and err.count("error:") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "frames").exists()
+
+
+def test_help_says_what_happens_to_the_shorter_recording(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--expression FILE" in out and "--view {body,face}" in out
+    assert "the shorter one holds its last frame" in out and "Live Link Face" in out
