@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Animate a 3D Gaussian avatar with body motion (CLI; see ``python animation.py --help``)."""
+"""Animate a 3D Gaussian avatar with body motion and facial expressions (CLI; see ``python animation.py --help``)."""
 
 import sys
 

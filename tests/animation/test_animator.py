@@ -185,3 +185,38 @@ def test_amass_hand_rotations_are_played(template):
     f = len(m) // 2
     d = (an.pose(retarget(m, template)[f]).means - an.pose(retarget(flat, template)[f]).means).norm(dim=-1)
     assert d[left].max() > 0.01 and d[finger_weight(an, template) == 0].max() < 1e-4
+
+
+def test_exported_frames_include_the_expression(template, tmp_path):
+    from threestudio.utils.ply import read_gaussian_ply
+
+    an = animator_on_surface(template, 3000)
+    an.export_ply(tmp_path / "open.ply", rest(template), one_hot(template, "jawOpen"))
+    a, _ = read_gaussian_ply(tmp_path / "open.ply")
+    moved = np.abs(a["means"] - an.model.means.detach().numpy()).max(1) > 1e-4
+    bound = np.zeros(len(moved), bool)
+    bound[an.expression["gaussians"].numpy()] = True
+    assert moved.sum() > 10 and not (moved & ~bound).any()
+
+
+def test_viewer_sliders_add_to_the_played_frame(template):
+    from tests.conftest import DEMO_FACE
+    from threestudio.animation.expression import load_expression
+    from threestudio.animation.performance import build_performance
+    from threestudio.animation.viewer import face_rig
+
+    an = animator_on_surface(template, 500)
+    perf = build_performance(template, None, load_expression(DEMO_FACE), 30.0)
+    k = template.expressions.names.index("jawOpen")
+    i = 60  # the mouth is open in the recording here
+    G, W = face_rig(an, perf, i, {"weights": {}})
+    assert torch.equal(G, perf.transforms[i]) and torch.equal(W, perf.weights[i])
+    G, W = face_rig(an, perf, i, {"weights": {k: 0.8}})
+    assert W[k] == min(1.0, float(perf.weights[i, k]) + 0.8) and W[k] <= 1
+    _, W = face_rig(an, perf, 0, {"weights": {}, "jaw": 10.0})  # anny: the jaw slider opens jawOpen
+    assert 0 < W[k] < 1
+    G, _ = face_rig(an, perf, 0, {"weights": {}, "eye_yaw": 20.0})
+    changed = [
+        template.joint_names[j] for j in ((G - perf.transforms[0]).abs().flatten(1).amax(1) > 1e-6).nonzero()[:, 0]
+    ]
+    assert changed == ["eye.L", "eye.R"]

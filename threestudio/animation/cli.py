@@ -53,7 +53,7 @@ def parse_args(argv=None):
         default="body",
         help="camera of the video and the viewer: the whole body, or a close-up of the head",
     )
-    ap.add_argument("--play", action="store_true", help="render the motion to an mp4")
+    ap.add_argument("--play", action="store_true", help="render the animation to an mp4")
     ap.add_argument("--rotate", action="store_true", help="orbit the camera once while playing")
     ap.add_argument("--gui", action="store_true", help="start the web viewer (viser)")
     ap.add_argument("--port", type=int, default=8080, help="web viewer port (127.0.0.1)")
