@@ -8,6 +8,7 @@
     python launch.py --train --resume outputs/gaussianip/<trial>        # continue a run
     python launch.py --test --resume outputs/gaussianip/<trial>         # turntable + avatar.ply again
     python launch.py --export --resume outputs/gaussianip/<trial>       # avatar.ply only
+    python launch.py --export --format all --resume <trial>   # + compressed PLY, .splat, .spz, .glb, rig
     python launch.py --config configs/reconstruct.yaml --check system.init_from=later   # model files present?
     python launch.py --show-config gsplat-renderer            # a plugin's options, defaults and docstrings
     python launch.py --show-config configs/ahds.yaml          # a stage's options with that file's values
@@ -48,6 +49,12 @@ def parse_args(argv=None):
         help="print the options of a registered plugin (e.g. gsplat-renderer) or of a stage config file "
         "(e.g. configs/ahds.yaml, with --config files and overrides applied) with their defaults and "
         "docstrings; write nothing",
+    )
+    ap.add_argument(
+        "--format",
+        default="ply",
+        help="with --export: also write the avatar as compressed-ply, splat, spz, glb, rig (comma list) or all "
+        "(python -m threestudio.export)",
     )
     ap.add_argument("--resume", default=None, help="trial directory or .ckpt to continue from / evaluate")
     ap.add_argument("--verbose", action="store_true", help="show library warnings and full tracebacks")
@@ -141,6 +148,13 @@ def run(args) -> int:
         if args.check
         else "export"
     )
+    from threestudio.export import FORMATS, export_avatar
+
+    bad = [f for f in args.format.split(",") if f not in FORMATS and args.format != "all"]
+    if bad:
+        raise UserError(f"--format {bad[0]!r}: choose from {', '.join(FORMATS)} or all")
+    if args.format != "ply" and mode != "export":
+        raise UserError("--format goes with --export")
     ckpt = None
     if args.resume:
         trial_dir, ckpt = resolve_resume(args.resume)
@@ -249,6 +263,10 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         system.load_state_dict(state["state_dict"])
         system.export()
+        extra = [f for f in (FORMATS if args.format == "all" else args.format.split(",")) if f != "ply"]
+        if extra:
+            for f, path, size, _ in export_avatar(system.save_path("avatar.ply"), extra):
+                print(f"{f:15s} {size / 1e6:8.2f} MB  {path}")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,15 @@ def pytest_collection_modifyitems(config, items):
                 it.add_marker(skip)
 
 
+def splat_transform() -> str:
+    """PlayCanvas's splat-transform CLI (installed from npm by ``tests/run.sh``), or skip the test."""
+    default = Path(os.environ.get("GIP_CACHE_DIR", Path.home() / ".cache/gaussianip")) / "npm/node_modules/.bin"
+    exe = os.environ.get("SPLAT_TRANSFORM") or str(default / "splat-transform")
+    if not os.access(exe, os.X_OK):
+        pytest.skip("splat-transform is not installed (tests/run.sh installs it when npm is present)")
+    return exe
+
+
 def random_model(n: int = 300, seed: int = 0, sh_degree: int = 0):
     """A :class:`GaussianModel` of ``n`` random Gaussians around the origin."""
     from threestudio.models.geometry.gaussian_model import GaussianModel

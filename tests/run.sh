@@ -12,6 +12,16 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "warning: could not install chromium; the web-viewer test will be skipped" >&2
 fi
+# PlayCanvas's splat-transform (npm) reads our exports and builds the SuperSplat viewer page in the export tests
+SPLAT_TRANSFORM_DIR="${GIP_CACHE_DIR:-$HOME/.cache/gaussianip}/npm"
+if command -v npm >/dev/null 2>&1; then
+  [ -x "$SPLAT_TRANSFORM_DIR/node_modules/.bin/splat-transform" ] || npm install --silent --no-audit --no-fund \
+    --prefix "$SPLAT_TRANSFORM_DIR" @playcanvas/splat-transform@3.7.0 >/dev/null 2>&1 \
+    || echo "notice: could not install splat-transform from npm; its export tests will be skipped" >&2
+else
+  echo "notice: npm not found; the splat-transform export tests will be skipped" >&2
+fi
+export SPLAT_TRANSFORM="$SPLAT_TRANSFORM_DIR/node_modules/.bin/splat-transform"
 # format and lint (pyproject.toml), then build once what the test workers share: the tiny models and the
 # anny body-template cache (so that two workers never build them at the same time)
 "$py" -m ruff format --check --quiet .

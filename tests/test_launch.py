@@ -56,6 +56,9 @@ def test_stage1_smoke_resume_and_export_with_specular(tiny_dir, tmp_path, capsys
     (trial / "save/avatar.ply").unlink()
     rc, _, err = main(["--export", "--resume", trial], capsys)
     assert rc == 0 and (trial / "save/avatar.ply").is_file(), err[-2000:]
+    rc, out, err = main(["--export", "--format", "spz,glb,rig", "--resume", trial], capsys)
+    assert rc == 0, err[-2000:]
+    assert all((trial / "save" / f"avatar{s}").is_file() for s in (".spz", ".glb", ".rig.npz")) and "glb" in out
 
 
 STAGE1 = ["--config", REPO / "configs/ahds.yaml", "--config", REPO / "configs/tiny/ahds.yaml", "--train"]

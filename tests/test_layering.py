@@ -20,6 +20,7 @@ LAYERS = [  # (module prefix, layer); the longest matching prefix wins
     ("threestudio.systems", 4),
     ("threestudio.animation.cli", 5),
     ("threestudio.tiny", 5),
+    ("threestudio.export", 5),
     ("launch", 5),
     ("animation", 5),
 ]

@@ -131,14 +131,14 @@ def test_web_viewer_in_headless_chromium(template, tmp_path):
             canvas = page.locator("canvas").first
             canvas.wait_for(timeout=60000)
             page.wait_for_timeout(4000)
-            before = canvas.screenshot()
+            before = page.screenshot()  # the canvas fills the page
             slider_id = page.locator("label", has_text="jawOpen").first.get_attribute("for")
             thumb = page.locator(f"[id='{slider_id}'] [role=slider]")
             thumb.focus()
             page.keyboard.press("End")  # jawOpen -> 1
             page.wait_for_timeout(4000)
             assert thumb.get_attribute("aria-valuenow") == "1"
-            after = canvas.screenshot()
+            after = page.screenshot()
             b.close()
         import io
 

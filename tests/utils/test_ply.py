@@ -12,8 +12,12 @@ def test_ply_round_trip(tmp_path):
     m2 = GaussianModel({"sh_degree": 1})
     m2.load_ply(tmp_path / "a.ply")
     assert m2.num_points == 257
-    for k in PARAM_NAMES:
-        np.testing.assert_array_equal(getattr(m, k).detach().numpy(), getattr(m2, k).detach().numpy())
+    for k in PARAM_NAMES:  # the frame change is exact on centres; rotations and SH bands to float precision
+        a, b = getattr(m, k).detach().numpy(), getattr(m2, k).detach().numpy()
+        if k in ("quats", "f_rest"):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=k)
     from plyfile import PlyData
 
     names = PlyData.read(str(tmp_path / "a.ply"))["vertex"].data.dtype.names
@@ -44,3 +48,42 @@ def test_pickle_renamed_to_ply_is_refused(tmp_path):
     with pytest.raises(UserError):
         read_gaussian_ply(tmp_path / "avatar.ply")
     assert not marker.exists()
+
+
+def test_files_are_written_upright_for_splat_viewers_and_old_files_still_load(tmp_path):
+    from plyfile import PlyData
+
+    from threestudio.utils.ply import FRAME_COMMENT, read_gaussian_ply, write_gaussian_ply
+
+    m = random_model(100)
+    params = m.numpy_params()
+    write_gaussian_ply(tmp_path / "new.ply", params)
+    ply = PlyData.read(str(tmp_path / "new.ply"))
+    assert FRAME_COMMENT in ply.comments
+    raw, _ = read_gaussian_ply(tmp_path / "new.ply", frame="raw")
+    x = params["means"]
+    np.testing.assert_array_equal(raw["means"], np.stack([x[:, 0], -x[:, 2], x[:, 1]], 1))  # y down, facing +z
+    back, _ = read_gaussian_ply(tmp_path / "new.ply")
+    np.testing.assert_array_equal(back["means"], x)
+    # a file written before the frame was recorded (z up, no comment) is read as it is
+    write_gaussian_ply(tmp_path / "old.ply", params, frame="raw")
+    assert PlyData.read(str(tmp_path / "old.ply")).comments == []
+    old, _ = read_gaussian_ply(tmp_path / "old.ply")
+    for k in params:
+        np.testing.assert_array_equal(old[k], params[k], err_msg=k)
+
+
+def test_sh_bands_turn_with_the_frame():
+    from threestudio.utils.ply import FILE_FROM_WORLD, _sh_band, rotate_sh
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(4, 15, 3))
+    d = rng.normal(size=(32, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+
+    def radiance(c, dirs):
+        return sum(_sh_band(dirs, b) @ c[:, s : s + 2 * b + 1].transpose(1, 0, 2).reshape(2 * b + 1, -1)
+                   for b, s in ((1, 0), (2, 3), (3, 8)))  # fmt: skip
+
+    R = FILE_FROM_WORLD
+    np.testing.assert_allclose(radiance(rotate_sh(f, R), d @ R.T), radiance(f, d), atol=1e-9)

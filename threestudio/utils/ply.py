@@ -5,6 +5,13 @@ examples...): binary little-endian ``vertex`` elements with properties
 Stored values are the *raw* (pre-activation) parameters: opacity as a logit, scales as logs,
 rotations as unnormalised (w, x, y, z) quaternions, colours as SH coefficients with ``f_rest``
 in channel-major order. Extra per-Gaussian properties (e.g. specular features) are kept.
+
+**Frames.** In memory everything is in the project's world frame (z up, the person facing +y,
+``models/body/template.py``). Files are written in the frame of the 3DGS ecosystem (OpenCV / COLMAP,
+"RDF": y down, the person facing +z, their left at -x), in which SuperSplat/PlayCanvas, Spark and
+gsplat's viewer show a person upright and facing the default camera: ``x_f = x, y_f = -z, z_f = y``,
+a +90° rotation about x (:data:`FILE_FROM_WORLD`). The header records it (``comment gaussianip_frame
+opencv``); a PLY without that comment (written before, or by another tool) is read as is.
 """
 
 from __future__ import annotations
@@ -15,6 +22,108 @@ import numpy as np
 
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path
+
+FILE_FROM_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+"""World (z up, facing +y) -> file frame (y down, facing +z): rotation by +90° about x."""
+FRAME_COMMENT = "gaussianip_frame opencv"
+"""PLY header comment of a file in the file frame (world = FILE_FROM_WORLD^T file)."""
+_SH_C = {
+    1: 0.4886025119029199,
+    2: (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396),
+    3: (
+        -0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+        -0.4570457994644658, 1.445305721320277, -0.5900435899266435,
+    ),
+}  # fmt: skip
+
+
+def _sh_band(d: np.ndarray, degree: int) -> np.ndarray:
+    """The real SH basis of one band as 3DGS evaluates it (its constants and signs), for unit
+    directions d [M, 3]; returns [M, 2 * degree + 1]."""
+    x, y, z = d[:, 0], d[:, 1], d[:, 2]
+    if degree == 1:
+        c = _SH_C[1]
+        return np.stack([-c * y, c * z, -c * x], 1)
+    if degree == 2:
+        c = _SH_C[2]
+        return np.stack([c[0] * x * y, c[1] * y * z, c[2] * (2 * z * z - x * x - y * y), c[3] * x * z,
+                         c[4] * (x * x - y * y)], 1)  # fmt: skip
+    c = _SH_C[3]
+    xx, yy, zz = x * x, y * y, z * z
+    return np.stack([c[0] * y * (3 * xx - yy), c[1] * x * y * z, c[2] * y * (4 * zz - xx - yy),
+                     c[3] * z * (2 * zz - 3 * xx - 3 * yy), c[4] * x * (4 * zz - xx - yy),
+                     c[5] * z * (xx - yy), c[6] * x * (xx - 3 * yy)], 1)  # fmt: skip
+
+
+def rotate_sh(f_rest: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """SH coefficients ``f_rest`` [N, K, 3] (bands 1..3, K = 3, 8 or 15) of a radiance turned by the
+    rotation R [3, 3]: ``c'`` such that ``Σ c'_i Y_i(d) = Σ c_i Y_i(R^T d)``. Each band's matrix is
+    solved exactly (least squares on 64 directions; the bands are closed under rotation)."""
+    K = f_rest.shape[1]
+    if K == 0:
+        return f_rest
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(64, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    out, start = np.empty_like(f_rest), 0
+    for band in (1, 2, 3):
+        n = 2 * band + 1
+        if start >= K:
+            break
+        B, Bt = _sh_band(d, band), _sh_band(d @ R, band)  # Y(d), Y(R^T d)
+        M = np.linalg.lstsq(B, Bt, rcond=None)[0]  # Y(R^T d) = Y(d) M
+        out[:, start : start + n] = np.einsum("ij,njc->nic", M, f_rest[:, start : start + n].astype(np.float64))
+        start += n
+    return out.astype(f_rest.dtype)
+
+
+def _quat_of(R: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) unit quaternion of a rotation matrix (w >= 0)."""
+    w = np.sqrt(max(0.0, 1.0 + np.trace(R))) / 2
+    if w > 0.5:  # else the largest vector component is the stable pivot (Shepperd's method)
+        return np.array(
+            [w, (R[2, 1] - R[1, 2]) / (4 * w), (R[0, 2] - R[2, 0]) / (4 * w), (R[1, 0] - R[0, 1]) / (4 * w)]
+        )
+    i = int(np.argmax(np.diag(R)))
+    j, k = (i + 1) % 3, (i + 2) % 3
+    v = np.sqrt(max(0.0, 1.0 + R[i, i] - R[j, j] - R[k, k])) / 2
+    q = np.zeros(4)
+    q[1 + i], q[1 + j], q[1 + k] = v, (R[j, i] + R[i, j]) / (4 * v), (R[k, i] + R[i, k]) / (4 * v)
+    q[0] = (R[k, j] - R[j, k]) / (4 * v)
+    return q if q[0] >= 0 else -q
+
+
+def rotate_gaussians(params: dict[str, np.ndarray], R: np.ndarray) -> dict[str, np.ndarray]:
+    """The Gaussians of ``params`` (keys of :func:`write_gaussian_ply`) turned by the rotation R [3, 3]
+    about the origin: centres ``R x``, rotations ``q(R) ⊗ q``, SH bands rotated; scales, opacities
+    and the DC colour are unchanged."""
+    w, x, y, z = _quat_of(R)
+    q = params["quats"].astype(np.float64)
+    qw, qx, qy, qz = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    out = dict(params)
+    out["means"] = (params["means"].astype(np.float64) @ R.T).astype(np.float32)
+    out["quats"] = np.stack(
+        [
+            w * qw - x * qx - y * qy - z * qz,
+            w * qx + x * qw + y * qz - z * qy,
+            w * qy - x * qz + y * qw + z * qx,
+            w * qz + x * qy - y * qx + z * qw,
+        ],
+        1,
+    ).astype(np.float32)
+    out["f_rest"] = rotate_sh(params["f_rest"], R)
+    return out
+
+
+def to_file_frame(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """World-frame Gaussians in the file frame (see the module docstring)."""
+    return rotate_gaussians(params, FILE_FROM_WORLD)
+
+
+def to_world_frame(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """File-frame Gaussians back in the world frame."""
+    return rotate_gaussians(params, FILE_FROM_WORLD.T)
+
 
 REQUIRED = (
     "x",
@@ -35,18 +144,23 @@ REQUIRED = (
 
 
 def write_gaussian_ply(
-    path: str | Path, params: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None
+    path: str | Path, params: dict[str, np.ndarray], extra: dict[str, np.ndarray] | None = None, frame: str = "file"
 ) -> None:
     """Write Gaussians atomically.
 
     Args:
-        params: ``means`` [N,3], ``f_dc`` [N,3], ``f_rest`` [N,K,3] (K may be 0), ``opacity_logit``
-            [N], ``log_scales`` [N,3], ``quats`` [N,4] (w,x,y,z), all float.
+        params: world-frame ``means`` [N,3], ``f_dc`` [N,3], ``f_rest`` [N,K,3] (K may be 0),
+            ``opacity_logit`` [N], ``log_scales`` [N,3], ``quats`` [N,4] (w,x,y,z), all float.
         extra: optional further per-Gaussian columns, name -> [N] or [N, D] (D columns named
             ``<name>_<i>``).
+        frame: ``"file"`` (default) writes in the file frame with the frame comment; ``"raw"``
+            writes ``params`` as they are, with no comment.
     """
     from plyfile import PlyData, PlyElement
 
+    if frame not in ("file", "raw"):
+        raise ValueError(f"frame must be 'file' or 'raw', got {frame!r}")
+    params = to_file_frame(params) if frame == "file" else params
     n = params["means"].shape[0]
     f_rest = params["f_rest"].reshape(n, -1, 3).transpose(0, 2, 1).reshape(n, -1)
     cols = [("x", params["means"][:, 0]), ("y", params["means"][:, 1]), ("z", params["means"][:, 2])]
@@ -63,7 +177,8 @@ def write_gaussian_ply(
     for c, v in cols:
         arr[c] = np.asarray(v, dtype=np.float32)
     with atomic_path(path) as tmp:
-        PlyData([PlyElement.describe(arr, "vertex")], text=False).write(tmp)
+        comments = [FRAME_COMMENT] if frame == "file" else []
+        PlyData([PlyElement.describe(arr, "vertex")], text=False, comments=comments).write(tmp)
 
 
 def _columns(v, *names: str) -> np.ndarray:
@@ -71,8 +186,12 @@ def _columns(v, *names: str) -> np.ndarray:
     return np.stack([np.asarray(v[k], dtype=np.float32) for k in names], 1)
 
 
-def read_gaussian_ply(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def read_gaussian_ply(path: str | Path, frame: str = "world") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Read a 3DGS PLY written by any 3DGS tool.
+
+    Args:
+        frame: ``"world"`` (default) converts a file written in the file frame (it carries the frame
+            comment) to the world frame and reads any other as is; ``"raw"`` never converts.
 
     Returns:
         ``(params, extra)`` with the keys of :func:`write_gaussian_ply`; ``extra`` holds the other
@@ -119,4 +238,6 @@ def read_gaussian_ply(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str
     for k, a in params.items():
         if not np.isfinite(a).all():
             raise UserError(f"{path}: property group {k} contains NaN or infinite values")
+    if frame == "world" and FRAME_COMMENT in [c.strip() for c in ply.comments]:
+        params = to_world_frame(params)
     return params, extra
