@@ -216,3 +216,21 @@ def test_help_says_what_happens_to_the_shorter_recording(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--expression FILE" in out and "--view {body,face}" in out
     assert "the shorter one holds its last frame" in out and "Live Link Face" in out
+
+
+def test_old_z_up_avatar_files_still_animate(template, tmp_path):
+    """An avatar PLY written before files carried their frame (z up, no header comment) plays the same."""
+    import imageio.v3 as iio
+
+    from threestudio.utils.ply import read_gaussian_ply, write_gaussian_ply
+
+    ply = avatar_ply(template, tmp_path / "new.ply", 300)
+    params, extra = read_gaussian_ply(ply)
+    write_gaussian_ply(tmp_path / "old.ply", params, extra, frame="raw")
+    for name in ("new", "old"):
+        assert (
+            play(tmp_path / f"{name}.ply", "--resolution", 32, "--max-frames", 3, "--out", tmp_path / f"{name}.mp4")
+            == 0
+        )
+    a, b = (iio.imread(tmp_path / f"{n}.mp4").astype(float) for n in ("new", "old"))
+    assert a.max() > 30 and np.abs(a - b).mean() < 0.5
