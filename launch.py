@@ -150,7 +150,8 @@ def run(args) -> int:
     )
     from threestudio.export import FORMATS, export_avatar
 
-    bad = [f for f in args.format.split(",") if f not in FORMATS and args.format != "all"]
+    formats = [f for f in (FORMATS if args.format == "all" else args.format.split(",")) if f != "ply"]
+    bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise UserError(f"--format {bad[0]!r}: choose from {', '.join(FORMATS)} or all")
     if args.format != "ply" and mode != "export":
@@ -204,6 +205,9 @@ def run(args) -> int:
             raise
         budget = system.budget.gib if system.budget is not None and system.budget.limited else None
         raise UserError(oom_message(system.stage_label, system.oom_advice, trial_dir, budget)) from None
+    if mode == "export" and formats:  # the other formats of the avatar.ply just written
+        for f, path, size, _ in export_avatar(system.save_path("avatar.ply"), formats):
+            print(f"{f:15s} {size / 1e6:8.2f} MB  {path}")
     print(f"results in {trial_dir.resolve()}")
     return 0
 
@@ -263,10 +267,6 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         system.load_state_dict(state["state_dict"])
         system.export()
-        extra = [f for f in (FORMATS if args.format == "all" else args.format.split(",")) if f != "ply"]
-        if extra:
-            for f, path, size, _ in export_avatar(system.save_path("avatar.ply"), extra):
-                print(f"{f:15s} {size / 1e6:8.2f} MB  {path}")
 
 
 if __name__ == "__main__":
