@@ -1,8 +1,10 @@
 """One paper-settings stage-1 (AHDS) step on a CUDA GPU with real-size networks in random weights:
 batch 4, 1024² gsplat renders, 512² SDS, 3 conditioning branches (neg/pos/null) through
 ControlNet + UNet with IP-Adapter FaceID-Plus-v2, 100k Gaussians. Reports time per step and peak
-GPU memory for our step (bf16 guidance, fp32 renders) and for a naive reference (the same step with
-fp32 guidance, as the reference ran it in fp16/fp32 without our batching choices).
+GPU memory for our step (bf16 guidance, channels-last layout, matmul attention in the VAE encoder,
+the noise prediction replayed from a CUDA graph) and, in the same run, for the naive reference: the
+same step as the reference code ran it (fp16 weights, eager diffusers, default attention and layout),
+and for each lever turned off alone (``--ablations``).
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15     # real-size random models (~4 GB)
     python bench/stage1_step.py --models /tmp/sd15 --face face.png --template anny.npz --out r.json
@@ -20,7 +22,26 @@ from common import REPO, emit  # noqa: E402
 DEVICE = "cuda"
 
 
-def build_system(models: str, face: str, template: str | None, points: int, res: int, sds: int, dtype: str, trial: str):
+VARIANTS = {
+    "ours_bf16": [],
+    "reference_fp16": [
+        "system.guidance.dtype=fp16",
+        "system.guidance.channels_last=false",
+        "system.guidance.vae_attention=auto",
+        "system.guidance.cuda_graph=false",
+    ],
+    "reference_fp32": ["system.guidance.dtype=fp32", "system.guidance.channels_last=false",
+                       "system.guidance.vae_attention=auto", "system.guidance.cuda_graph=false"],
+    "ours_without_channels_last": ["system.guidance.channels_last=false"],
+    "ours_without_math_vae_attention": ["system.guidance.vae_attention=auto"],
+    "ours_without_cuda_graph": ["system.guidance.cuda_graph=false"],
+}  # fmt: skip
+"""Named config overrides of the guidance measured by this benchmark."""
+
+
+def build_system(
+    models: str, face: str, template: str | None, points: int, res: int, sds: int, extra: list, trial: str
+):
     from threestudio.systems.ahds import AHDSSystem
     from threestudio.utils.config import load_config
 
@@ -30,7 +51,7 @@ def build_system(models: str, face: str, template: str | None, points: int, res:
         f"system.geometry.num_points={points}",
         f"system.pose_resolution={sds}",
         f"system.guidance.sds_resolution={sds}",
-        f"system.guidance.dtype={dtype}",
+        "system.guidance.dtype=bf16",
         f"system.guidance.pretrained_model_name_or_path={models}/rv",
         f"system.guidance.vae_name_or_path={models}/vae",
         f"system.guidance.controlnet_name_or_path={models}/controlnet",
@@ -46,6 +67,7 @@ def build_system(models: str, face: str, template: str | None, points: int, res:
     ]
     if template:
         ov.append(f"system.body.template_path={template}")
+    ov += extra
     cfg = load_config(REPO / "configs" / "ahds.yaml", cli_args=ov)
     system = AHDSSystem(cfg.system, trial, max_steps=cfg.trainer.max_steps).to(DEVICE)
     system.guidance = __import__("threestudio").find(system.cfg.guidance_type)(dict(cfg.system.guidance, n_steps=2400))
@@ -112,17 +134,20 @@ def main():
     ap.add_argument("--sds", type=int, default=512)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--ablations", action="store_true", help="also time each lever turned off alone")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (a smoke check with tiny models)")
     a = ap.parse_args()
     global DEVICE
     DEVICE = a.device
     result = {"benchmark": "stage1_step", "batch": 4, "render": a.res, "sds": a.sds, "points": a.points, "branches": 3}
-    for name, dtype in (("ours_bf16", "bf16"), ("reference_fp32", "fp32")):
-        if name.startswith("reference") and a.skip_reference:
-            continue
+    names = ["ours_bf16"] + ([] if a.skip_reference else ["reference_fp16", "reference_fp32"])
+    names += [n for n in VARIANTS if n.startswith("ours_without")] if a.ablations else []
+    for name in names:
         t0 = time.perf_counter()
-        system, cfg = build_system(a.models, a.face, a.template, a.points, a.res, a.sds, dtype, "/tmp/bench_trial")
+        system, cfg = build_system(
+            a.models, a.face, a.template, a.points, a.res, a.sds, VARIANTS[name], "/tmp/bench_trial"
+        )
         load_s = time.perf_counter() - t0
         r = run(system, cfg, a.steps)
         r["load_s"] = load_s
@@ -130,8 +155,10 @@ def main():
         del system
         gc.collect()
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
+    ours = result["ours_bf16"]["step_s_median"]
+    for name in names[1:]:
+        result[f"speedup_vs_{name}"] = result[name]["step_s_median"] / ours
     if "reference_fp32" in result:
-        result["speedup_vs_fp32"] = result["reference_fp32"]["step_s_median"] / result["ours_bf16"]["step_s_median"]
         if result["reference_fp32"]["peak_gpu_mem_gib"] > 0:
             result["memory_ratio_vs_fp32"] = (
                 result["ours_bf16"]["peak_gpu_mem_gib"] / result["reference_fp32"]["peak_gpu_mem_gib"]
