@@ -84,9 +84,10 @@ class FaceIDControlNetGuidance(BaseObject):
         n_steps: int = 0
         """Steps the AHDS schedule spans (>= 1). ``AHDSSystem`` sets it to ``trainer.max_steps`` when 0;
         code that calls the guidance itself must set it (0 raises instead of a 1-step schedule)."""
-        channels_last: bool = True
+        channels_last: bool = False
         """Keep the frozen UNet, ControlNet and VAE (and their inputs) in channels-last memory layout
-        on CUDA: cuDNN's NHWC kernels without layout conversions (same math; speed only)."""
+        on CUDA (same math; speed only). Off: on an H200 in bf16 it made the paper-settings step slower
+        (159 ms against 130 ms, ``bench/results/stage1_step_h200.json``)."""
         vae_attention: str = "math"
         """Attention backend of the VAE's self-attention during the encoder's forward and backward:
         ``math`` (two matmuls and a softmax; at 64² tokens and head size 512 far faster than the
