@@ -22,7 +22,8 @@ def ndc_grad_norm(means2d_grad: Float[Tensor, "B N 2"], width: int, height: int)
     It must be the true gradient (no loss scaling): Lightning's 16-mixed GradScaler leaves it
     multiplied by ≥2^16 (method §12.2), which is why GPU runs use bf16 (no scaler).
     """
-    grad_ndc = means2d_grad.sum(0) * torch.tensor([width / 2.0, height / 2.0], device=means2d_grad.device)
+    g = means2d_grad.sum(0)
+    grad_ndc = torch.stack([g[:, 0] * (width / 2.0), g[:, 1] * (height / 2.0)], -1)  # no host-to-device copy
     return grad_ndc.norm(dim=-1)
 
 

@@ -81,3 +81,25 @@ def test_visible_policy_densifies_every_seen_gaussian_and_caps_by_gradient():
     info2 = s2.step(1, m2, opt2)
     assert info2["cloned"] == 3 and info2["points"] == 13 and info2["cap"] == 13
     torch.testing.assert_close(m2.means.detach()[10:], means_before[[5, 6, 7]])  # clones of the 3 largest gradients
+
+
+def test_statistics_match_the_masked_update_of_the_reference():
+    """Accumulated gradient, view count and largest radius (method §2.4) equal the reference's boolean-
+    indexed updates, over steps where different Gaussians are visible."""
+    gen = torch.Generator().manual_seed(0)
+    s = DensifyStrategy({})
+    n = 50
+    acc, den, rad = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    for step in range(3):
+        grad = torch.randn(2, n, 2, generator=gen)
+        radii = torch.randint(0, 3, (2, n), generator=gen) * (torch.rand(2, n, generator=gen) > 0.4)
+        s.accumulate(step, grad, radii, 64, 48)
+        vis = (radii > 0).any(0)
+        g = grad.sum(0) * torch.tensor([32.0, 24.0])
+        acc[vis] += g.norm(dim=-1)[vis]
+        den[vis] += 1
+        rad[vis] = torch.maximum(rad[vis], radii.max(0).values[vis].float())
+    assert (den > 0).any() and (den == 0).any()
+    torch.testing.assert_close(s.grad_accum, acc, rtol=0, atol=0)
+    torch.testing.assert_close(s.denom, den, rtol=0, atol=0)
+    torch.testing.assert_close(s.max_radii, rad, rtol=0, atol=0)

@@ -90,9 +90,10 @@ class DensifyStrategy:
             self.reset(n, radii.device)
         vis = (radii > 0).any(0)
         grad_norm = ndc_grad_norm(means2d_grad.float(), width, height)
-        self.grad_accum[vis] += grad_norm[vis]
-        self.denom[vis] += 1
-        self.max_radii[vis] = torch.maximum(self.max_radii[vis], radii.max(0).values[vis].float())
+        # masked updates without boolean indexing: no host synchronisation inside the training step
+        self.grad_accum += torch.where(vis, grad_norm, 0.0)
+        self.denom += vis.float()
+        self.max_radii = torch.where(vis, torch.maximum(self.max_radii, radii.max(0).values.float()), self.max_radii)
 
     @torch.no_grad()
     def step(self, step: int, model: GaussianModel, optimizer) -> dict:
