@@ -93,9 +93,6 @@ class FaceIDControlNetGuidance(BaseObject):
         ``math`` (two matmuls and a softmax; at 64² tokens and head size 512 far faster than the
         memory-efficient kernel PyTorch picks, which is the only fused kernel for that head size) or
         ``auto`` (PyTorch's choice). Same math either way."""
-        cudnn_benchmark: bool = True
-        """Let cuDNN time its convolution algorithms once per input shape on CUDA
-        (``torch.backends.cudnn.benchmark``; the step's shapes are static). Same math."""
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
         graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
@@ -207,8 +204,6 @@ class FaceIDControlNetGuidance(BaseObject):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.set_channels_last(c.channels_last and self.device.type == "cuda")
-        if c.cudnn_benchmark and self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         self._graphs: dict = {}
         self.loaded = True
 
