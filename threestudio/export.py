@@ -133,9 +133,7 @@ def _animator(ply: Path, template: str):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ply", help="the avatar (a 3DGS PLY, e.g. stage3/save/avatar.ply)")
     ap.add_argument("--format", default="all", help=f"one of {', '.join(FORMATS)}, or all (default)")
     ap.add_argument("--out", default=None, help="output file (one format only; default: beside the avatar)")
