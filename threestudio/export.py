@@ -3,8 +3,9 @@
     python -m threestudio.export <avatar.ply> --format glb [--out FILE]
     python -m threestudio.export <avatar.ply> --format all          # every format, beside the avatar
 
-Formats (all upright and facing the default camera in SuperSplat/PlayCanvas, Spark and gsplat's viewer;
-see :mod:`threestudio.utils.ply` for the frame and :mod:`threestudio.utils.splat_formats` for the
+Formats (all in the 3DGS/OpenCV frame: upright and facing the default camera in SuperSplat/PlayCanvas,
+checked by the tests, and in the viewers that follow that convention, such as Spark and gsplat's; see
+:mod:`threestudio.utils.ply` for the frame and :mod:`threestudio.utils.splat_formats` for the
 encodings):
 
 =================  ======================  ==========================================================

@@ -8,10 +8,11 @@ in channel-major order. Extra per-Gaussian properties (e.g. specular features) a
 
 **Frames.** In memory everything is in the project's world frame (z up, the person facing +y,
 ``models/body/template.py``). Files are written in the frame of the 3DGS ecosystem (OpenCV / COLMAP,
-"RDF": y down, the person facing +z, their left at -x), in which SuperSplat/PlayCanvas, Spark and
-gsplat's viewer show a person upright and facing the default camera: ``x_f = x, y_f = -z, z_f = y``,
-a +90° rotation about x (:data:`FILE_FROM_WORLD`). The header records it (``comment gaussianip_frame
-opencv``); a PLY without that comment (written before, or by another tool) is read as is.
+"RDF": y down, the person facing +z, their left at -x), in which SuperSplat/PlayCanvas shows a person
+upright and facing its default camera (and the viewers that follow the convention: Spark, gsplat's):
+``x_f = x, y_f = -z, z_f = y``, a +90° rotation about x (:data:`FILE_FROM_WORLD`). The header records it
+(``comment gaussianip_frame opencv``); a PLY without that comment (written before, or by another tool) is
+read as is.
 """
 
 from __future__ import annotations
