@@ -10,6 +10,7 @@ the CLIP crop is RGB; the timestep schedule follows the configured step count.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +94,12 @@ class FaceIDControlNetGuidance(BaseObject):
         ``math`` (two matmuls and a softmax; at 64² tokens and head size 512 far faster than the
         memory-efficient kernel PyTorch picks, which is the only fused kernel for that head size) or
         ``auto`` (PyTorch's choice). Same math either way."""
+        compile_vae_encoder: bool = True
+        """``torch.compile`` the VAE encoder (its forward and backward run every step) on CUDA when Triton
+        is installed (it ships with CUDA builds of torch on Linux). Same math. On an H200 the step went
+        from 126 to 113 ms and its peak memory from 11.3 to 9.7 GiB; the first step paid 23 s of
+        compilation (inductor caches it on disk for later runs), recovered after ~1,700 of stage 1's
+        2,400 steps."""
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
         graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
@@ -204,6 +211,8 @@ class FaceIDControlNetGuidance(BaseObject):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.set_channels_last(c.channels_last and self.device.type == "cuda")
+        if c.compile_vae_encoder and self.device.type == "cuda" and importlib.util.find_spec("triton"):
+            self.vae.encoder = torch.compile(self.vae.encoder)
         self._graphs: dict = {}
         self.loaded = True
 
