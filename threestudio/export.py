@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from threestudio.utils.splat_formats import SH_C0
+
 FORMATS = {
     "ply": ".3dgs.ply",
     "compressed-ply": ".compressed.ply",
@@ -68,7 +70,7 @@ def round_trip_error(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict
     ``0.5 + C0 f_dc`` (clipped to [0, 1] as viewers show it) and opacity (sigmoid)."""
 
     def rgb(p):
-        return np.clip(0.5 + 0.28209479177387814 * p["f_dc"].astype(np.float64), 0, 1)
+        return np.clip(0.5 + SH_C0 * p["f_dc"].astype(np.float64), 0, 1)
 
     def alpha(p):
         return 1 / (1 + np.exp(-p["opacity_logit"].astype(np.float64)))

@@ -136,23 +136,23 @@ def default_out(ply: Path, motion: Path) -> Path:
     return Path("videos") / f"{ply.stem}_{motion.stem}.mp4"
 
 
+def _translated(cam, offset: torch.Tensor):
+    """``cam`` moved by the world offset [3] (it keeps looking the same way)."""
+    cam.c2w = cam.c2w.clone()
+    cam.c2w[:, :3, 3] += offset
+    cam.center = cam.center + offset
+    return cam
+
+
 def head_cameras(perf, template, size: int, rotate: bool) -> list:
     """One close-up camera per frame on the posed head (the ears' midpoint carried by the head joint)."""
-    from threestudio.animation.motion import joint_map_for
-    from threestudio.models.body.smplx_joints import HEAD
     from threestudio.ops.camera import orbit_cameras
 
-    G = perf.transforms[:, joint_map_for(template)[HEAD]].cpu()  # T 4 4
-    c = template.head_center.to(G)
-    centres = torch.einsum("tab,b->ta", G[:, :3, :3], c) + G[:, :3, 3]
+    centres = perf.head_centers(template)
     T, cams = len(perf), []
     for i in range(T):
         cam = orbit_cameras([90.0 + (360.0 * i / T if rotate else 0.0)], 5.0, 0.8, 30.0, size, size, 0.0, "head")
-        shift = torch.zeros(1, 4, 4)
-        shift[0, :3, 3] = centres[i]
-        cam.c2w = cam.c2w + shift
-        cam.center = cam.center + shift[:, :3, 3]
-        cams.append(cam)
+        cams.append(_translated(cam, centres[i]))
     return cams
 
 
@@ -165,12 +165,7 @@ def body_cameras(perf, template, size: int, rotate: bool, follow: bool) -> list:
     T, cams = len(perf), []
     for i in range(T):
         cam = orbit_cameras([90.0 + (360.0 * i / T if rotate else 0.0)], 5.0, 2.5, 50.0, size, size, 0.0, "body")
-        if follow:
-            shift = torch.zeros(1, 4, 4)
-            shift[0, :2, 3] = root[i, :2]
-            cam.c2w = cam.c2w + shift
-            cam.center = cam.center + shift[:, :3, 3]
-        cams.append(cam)
+        cams.append(_translated(cam, torch.cat([root[i, :2], root.new_zeros(1)])) if follow else cam)
     return cams
 
 

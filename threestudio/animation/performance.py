@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from threestudio.animation.expression import Expression, resample_expression, template_weights
-from threestudio.animation.motion import Motion, resample, retarget, smplx_apose
+from threestudio.animation.motion import Motion, joint_map_for, resample, retarget, smplx_apose
 from threestudio.models.body.smplx_joints import HEAD, JAW, LEFT_EYE, NECK, RIGHT_EYE
 from threestudio.models.body.template import BodyTemplate
 from threestudio.ops.lbs import axis_angle_to_matrix
@@ -36,6 +36,11 @@ class Performance:
 
     def __len__(self) -> int:
         return self.transforms.shape[0]
+
+    def head_centers(self, template: BodyTemplate) -> torch.Tensor:
+        """[T, 3] the posed head centre of each frame (the ears' midpoint carried by the head joint)."""
+        G = self.transforms[:, joint_map_for(template)[HEAD]].cpu()  # T 4 4
+        return torch.einsum("tab,b->ta", G[:, :3, :3], template.head_center.to(G)) + G[:, :3, 3]
 
 
 def jaw_open_angle(template: BodyTemplate) -> float | None:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from threestudio.ops.blendshapes import corner_offsets
 from threestudio.utils.errors import UserError
 from threestudio.utils.io import atomic_path, read_npz
 from threestudio.utils.ply import FILE_FROM_WORLD
@@ -65,9 +66,8 @@ def rig_arrays(animator) -> dict[str, np.ndarray]:
     }
     b = animator.expression
     if b is not None:
-        corners_off = b["basis"].cpu()[:, b["corners"].cpu().clamp(max=b["basis"].shape[1] - 1)]  # E B 3 3
-        corners_off[:, b["corners"].cpu() == b["basis"].shape[1]] = 0  # corners no blendshape moves
-        offsets = (b["bary"].cpu()[None, ..., None] * corners_off).sum(2) @ R.T
+        tri_off = corner_offsets(b["basis"].cpu(), b["corners"].cpu())  # E B 3 3
+        offsets = (b["bary"].cpu()[None, ..., None] * tri_off).sum(2) @ R.T
         out |= {
             "expression_names": np.asarray([str(n) for n in tpl.expressions.names]),
             "expression_kind": np.asarray(tpl.expressions.kind),

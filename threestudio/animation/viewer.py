@@ -15,7 +15,7 @@ import torch
 from threestudio.animation.motion import joint_map_for
 from threestudio.animation.performance import Performance, jaw_open_angle
 from threestudio.models.body.expression import ARKIT_GROUPS, arkit_group
-from threestudio.models.body.smplx_joints import HEAD, JAW, LEFT_EYE, RIGHT_EYE
+from threestudio.models.body.smplx_joints import JAW, LEFT_EYE, RIGHT_EYE
 from threestudio.ops.camera import orbit_cameras
 from threestudio.ops.gaussians import covariance_3d
 from threestudio.ops.lbs import axis_angle_to_matrix
@@ -158,10 +158,7 @@ def serve(
     def _(_event) -> None:
         bump()
 
-    head = tpl.head_center
-    if view == "face":
-        G0 = perf.transforms[0, joint_map_for(tpl)[HEAD]].cpu()
-        head = G0[:3, :3] @ head + G0[:3, 3]
+    head = perf.head_centers(tpl)[0] if view == "face" else tpl.head_center
     eye = (head + torch.tensor([0.0, 0.8, 0.03])) if view == "face" else torch.tensor([0.0, 3.0, 0.3])
     target = head if view == "face" else torch.zeros(3)
 

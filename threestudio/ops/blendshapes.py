@@ -32,6 +32,13 @@ def triangle_rotations(rest: Float[Tensor, "N 3 3"], deformed: Float[Tensor, "N 
     return triangle_frames(deformed) @ triangle_frames(rest).transpose(-1, -2)
 
 
+def corner_offsets(offsets: Float[Tensor, "*E M 3"], corners: Int[Tensor, "B 3"]) -> Float[Tensor, "*E B 3 3"]:
+    """Offsets of each triangle's corners from the offsets of the M moved vertices; a corner index of
+    M (one past the last) stands for a vertex no blendshape moves and gets a zero offset."""
+    padded = torch.cat([offsets, offsets.new_zeros(*offsets.shape[:-2], 1, 3)], -2)
+    return padded[..., corners, :]
+
+
 def blend_gaussians(
     means: Float[Tensor, "N 3"],
     quats: Float[Tensor, "N 4"],
@@ -49,8 +56,8 @@ def blend_gaussians(
         weights: E blendshape weights of this frame.
         basis: [E, M, 3] offsets at weight 1 of the M vertices any blendshape moves.
         gaussians: indices of the B Gaussians whose triangle has a moved vertex.
-        corners: [B, 3] index into the M moved vertices of each triangle corner, -1 for a corner that
-            no blendshape moves.
+        corners: [B, 3] index into the M moved vertices of each triangle corner, M for a corner that
+            no blendshape moves (:func:`corner_offsets`).
         bary: [B, 3] barycentric coordinates of each Gaussian's closest surface point.
         rest_triangles: [B, 3, 3] the neutral triangle corners (rows).
 
@@ -58,9 +65,7 @@ def blend_gaussians(
         (means [N, 3], quats [N, 4]); Gaussians whose triangle does not move are returned bit for bit
         (so all-zero weights reproduce the input exactly).
     """
-    off = torch.einsum("e,emc->mc", weights.to(basis), basis)
-    off = torch.cat([off, off.new_zeros(1, 3)])  # row M: the corners no blendshape moves
-    tri_off = off[corners]  # B 3 3
+    tri_off = corner_offsets(torch.einsum("e,emc->mc", weights.to(basis), basis), corners)  # B 3 3
     delta = (bary[..., None] * tri_off).sum(1)
     moved = (tri_off != 0).flatten(1).any(1)
     R = triangle_rotations(rest_triangles, rest_triangles + tri_off)

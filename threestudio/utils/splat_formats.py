@@ -115,22 +115,21 @@ def write_compressed_ply(path: str | Path, p: dict[str, np.ndarray]) -> None:
         a = np.concatenate([a, np.repeat(a[-1:], pad, 0)]) if pad else a
         return a.reshape(nc, _CHUNK, *a.shape[1:])
 
-    pos, sc = chunks(p["means"].astype(np.float64)), chunks(p["log_scales"].astype(np.float64).clip(-20, 20))
-    rgb = chunks(0.5 + SH_C0 * p["f_dc"].astype(np.float64))
-    bounds = []
-    packed = []
-    for a, bits in ((pos, (11, 10, 11)), (sc, (11, 10, 11)), (rgb, None)):
+    def unit(a):  # per-chunk bounds and the values in [0, 1] within them
         lo, hi = a.min(1), a.max(1)
-        bounds += [lo, hi]
-        u = _norm_in(a, lo[:, None], hi[:, None]).reshape(-1, 3)[:n]
-        packed.append(
-            u if bits is None else (_unorm(u[:, 0], 11) << 21) | (_unorm(u[:, 1], 10) << 11) | _unorm(u[:, 2], 11)
-        )
-    u = packed[2]
+        return lo, hi, _norm_in(a, lo[:, None], hi[:, None]).reshape(-1, 3)[:n]
+
+    def pack_111011(u):
+        return (_unorm(u[:, 0], 11) << 21) | (_unorm(u[:, 1], 10) << 11) | _unorm(u[:, 2], 11)
+
+    pos_lo, pos_hi, pos = unit(chunks(p["means"].astype(np.float64)))
+    sc_lo, sc_hi, sc = unit(chunks(p["log_scales"].astype(np.float64).clip(-20, 20)))
+    rgb_lo, rgb_hi, rgb = unit(chunks(0.5 + SH_C0 * p["f_dc"].astype(np.float64)))
     alpha = np.clip(_unorm(_sigmoid(p["opacity_logit"]), 8), 1, 254)  # readers take its logit: keep it finite
-    color = (_unorm(u[:, 0], 8) << 24) | (_unorm(u[:, 1], 8) << 16) | (_unorm(u[:, 2], 8) << 8) | alpha
-    chunk = np.concatenate(bounds, 1).astype("<f4")  # min xyz, max xyz, min scale, max scale, min rgb, max rgb
-    vert = np.stack([packed[0], _largest_three(p["quats"]), packed[1], color], 1).astype("<u4")
+    color = (_unorm(rgb[:, 0], 8) << 24) | (_unorm(rgb[:, 1], 8) << 16) | (_unorm(rgb[:, 2], 8) << 8) | alpha
+    # chunk rows: min xyz, max xyz, min scale, max scale, min rgb, max rgb
+    chunk = np.concatenate([pos_lo, pos_hi, sc_lo, sc_hi, rgb_lo, rgb_hi], 1).astype("<f4")
+    vert = np.stack([pack_111011(pos), _largest_three(p["quats"]), pack_111011(sc), color], 1).astype("<u4")
     names = [f"{m}_{a}" for m in ("min", "max") for a in "xyz"] + [
         f"{m}_scale_{a}" for m in ("min", "max") for a in "xyz"
     ]
