@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
@@ -25,6 +26,13 @@ from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
 from threestudio.utils.gpu import resolve_dtype
 from threestudio.utils.typing import Float, Tensor
+
+
+class VAEAttention(str, Enum):
+    """Attention backend of the VAE's self-attention (``vae_attention``)."""
+
+    math = "math"
+    auto = "auto"
 
 
 @dataclass
@@ -89,7 +97,7 @@ class FaceIDControlNetGuidance(BaseObject):
         """Keep the frozen UNet, ControlNet and VAE (and their inputs) in channels-last memory layout
         on CUDA (same math; speed only). Off: on an H200 in bf16 it made the paper-settings step slower
         (159 ms against 130 ms, ``bench/results/stage1_step_h200.json``)."""
-        vae_attention: str = "math"
+        vae_attention: VAEAttention = VAEAttention.math
         """Attention backend of the VAE's self-attention during the encoder's forward and backward:
         ``math`` (two matmuls and a softmax; at 64² tokens and head size 512 far faster than the
         memory-efficient kernel PyTorch picks, which is the only fused kernel for that head size) or
@@ -349,10 +357,8 @@ class FaceIDControlNetGuidance(BaseObject):
         the backward with the kernel the forward chose)."""
         import contextlib
 
-        if self.cfg.vae_attention == "auto":
+        if self.cfg.vae_attention is VAEAttention.auto:
             return contextlib.nullcontext()
-        if self.cfg.vae_attention != "math":
-            raise ValueError(f"guidance.vae_attention must be 'math' or 'auto', got {self.cfg.vae_attention!r}")
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel([SDPBackend.MATH])
