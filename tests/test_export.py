@@ -71,3 +71,21 @@ def test_bad_export_input_is_one_clear_error(avatar, capsys, args, pattern):
 def test_missing_avatar(tmp_path, capsys):
     assert main([str(tmp_path / "none.ply"), "--format", "spz"]) == 2
     assert "PLY file not found" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_rig_reader_never_unpickles_and_checks_the_format(avatar, tmp_path):
+    from tests.conftest import planted_array
+    from threestudio.animation.rig import read_rig
+    from threestudio.utils.errors import UserError
+
+    assert main([str(avatar), "--format", "rig", "--template", "anny"]) == 0
+    rig = read_rig(avatar.with_name("avatar.rig.npz"))
+    assert rig["gaussian_weights"].shape == (2000, 4) and str(rig["frame"]) == "opencv"
+    marker = tmp_path / "ran"
+    np.savez(tmp_path / "bad.rig.npz", **(rig | {"parents": planted_array(marker)}))
+    with pytest.raises(UserError, match="pickled"):
+        read_rig(tmp_path / "bad.rig.npz")
+    assert not marker.exists()
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(UserError, match="not a gaussianip-rig file"):
+        read_rig(tmp_path / "other.npz")
