@@ -92,7 +92,9 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     from threestudio.utils.errors import UserError
+    from threestudio.utils.io import persist_compile_cache
 
+    persist_compile_cache()  # before PyTorch picks its /tmp default for compiled kernels
     try:
         return run(args)
     except UserError as e:

@@ -17,6 +17,7 @@ import torch
 
 GIB = 2**30
 
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -14,6 +14,20 @@ import numpy as np
 from threestudio.utils.errors import UserError
 
 
+def cache_root() -> Path:
+    """``$GIP_CACHE_DIR`` or ``~/.cache/gaussianip`` (body templates, text embeddings, compiled kernels)."""
+    return Path(os.environ.get("GIP_CACHE_DIR", Path.home() / ".cache" / "gaussianip"))
+
+
+def persist_compile_cache() -> Path:
+    """Point inductor's on-disk cache (compiled Triton kernels, FX and AOTAutograd graphs) at
+    ``$GIP_CACHE_DIR/inductor`` unless ``$TORCHINDUCTOR_CACHE_DIR`` is set, so that ``torch.compile``
+    work survives reboots (PyTorch's default is a folder under /tmp). Call it before anything imports
+    inductor: PyTorch writes its default into that variable on first use. Returns the folder."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` (atomic on
@@ -53,6 +67,28 @@ def save_image(path: str | Path, img) -> None:
     arr = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, arr, extension=".png")
+
+
+class BackgroundWriter:
+    """Runs file writes (PNG/video encoding) on one worker thread, in submission order, so that the
+    training loop does not wait for them. :meth:`wait` blocks until every submitted write is done and
+    re-raises the first error; the writes themselves stay atomic (:func:`atomic_path`)."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gip-writer")
+        self._pending: list = []
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        """Queue ``fn(*args, **kwargs)``; the arguments must not be changed by the caller afterwards."""
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+    def wait(self) -> None:
+        """Block until all queued writes are finished; raise the first one's error, if any."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
 
 def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:

@@ -9,6 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable  # noqa: F401
 from dataclasses import dataclass, field  # noqa: F401  (re-exported for plugin configs)
 
-from jaxtyping import Bool, Float, Int, Shaped  # noqa: F401
+from jaxtyping import Bool, Float, Int, Shaped, UInt8  # noqa: F401
 from omegaconf import DictConfig  # noqa: F401
 from torch import Tensor  # noqa: F401

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from threestudio.models.body.template import BodyTemplate
 from threestudio.utils.base import BaseObject
-
-
-def cache_root() -> Path:
-    """``$GIP_CACHE_DIR`` or ``~/.cache/gaussianip``."""
-    return Path(os.environ.get("GIP_CACHE_DIR", Path.home() / ".cache" / "gaussianip"))
+from threestudio.utils.io import cache_root
 
 
 class BodyModel(BaseObject):

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import torch
 
 import threestudio
-from threestudio.models.body.base import cache_root
 from threestudio.ops.prompts import DIRECTIONS, refine_suffix, view_direction, view_suffix
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import UserError
-from threestudio.utils.io import atomic_path
+from threestudio.utils.io import atomic_path, cache_root
 
 DEFAULT_NEGATIVE = (
     "cloned face, multi face, bad face, poorly drawn face, duplicate face, cropped, out of frame, "
@@ -45,6 +44,15 @@ class ViewPromptProcessor(BaseObject):
         if self.cfg.prompt is None or not str(self.cfg.prompt).strip():
             raise UserError('the text prompt is empty: describe the person, e.g. "A man wearing a green t-shirt"')
         self.embeddings: dict[str, torch.Tensor] = {}
+        self.device = torch.device("cpu")
+        """Where :attr:`embeddings` live (:meth:`to`)."""
+
+    def to(self, device) -> ViewPromptProcessor:
+        """Keep every embedding on ``device`` (about 0.25 MB each), so that a step's lookup copies
+        nothing from the host."""
+        self.device = torch.device(device)
+        self.embeddings = {k: v.to(self.device) for k, v in self.embeddings.items()}
+        return self
 
     def all_prompts(self) -> list[str]:
         p = self.cfg.prompt.strip()
@@ -72,7 +80,7 @@ class ViewPromptProcessor(BaseObject):
                 continue
             f = self._cache_file(p)
             if self.cfg.use_cache and f.is_file():
-                self.embeddings[p] = torch.load(f, map_location="cpu", weights_only=True)
+                self.embeddings[p] = torch.load(f, map_location=self.device, weights_only=True)
             else:
                 todo.append(p)
         if todo:
@@ -93,7 +101,7 @@ class ViewPromptProcessor(BaseObject):
                     ).input_ids.to(device)
                     hs = enc(ids)[0].float().cpu()
                     for p, e in zip(chunk, hs, strict=True):
-                        self.embeddings[p] = e.clone()
+                        self.embeddings[p] = e.clone().to(self.device)
                         if self.cfg.use_cache:
                             with atomic_path(self._cache_file(p)) as tmp:
                                 torch.save(e.clone(), tmp)
@@ -113,14 +121,24 @@ class ViewPromptProcessor(BaseObject):
             "prompts": prompts,
         }
 
+    def view_prompts(self, azimuth_deg: torch.Tensor, mode: str, all_visible: torch.Tensor) -> list[str]:
+        """The B view-dependent positive prompts (method §3.5) of views at ``azimuth_deg`` [B]
+        (degrees; pass CPU tensors: reading device tensors waits for the GPU)."""
+        p = self.cfg.prompt.strip()
+        pairs = zip(azimuth_deg.tolist(), all_visible.tolist(), strict=True)
+        return [p + view_suffix(view_direction(float(a)), mode, bool(v)) for a, v in pairs]
+
     def __call__(self, azimuth_deg: torch.Tensor, mode: str, all_visible: torch.Tensor) -> dict:
         """Text embeddings for a batch of views.
 
-        Returns ``pos``, ``neg``, ``null`` [B, 77, D] (CPU) and ``prompts`` (the B positive strings).
+        Returns ``pos``, ``neg``, ``null`` [B, 77, D] (on :attr:`device`) and ``prompts`` (the B
+        positive strings).
         """
-        p = self.cfg.prompt.strip()
-        pairs = zip(azimuth_deg, all_visible, strict=True)
-        prompts = [p + view_suffix(view_direction(float(a)), mode, bool(v)) for a, v in pairs]
+        return self.lookup(self.view_prompts(azimuth_deg, mode, all_visible))
+
+    def lookup(self, prompts: list[str]) -> dict:
+        """``pos`` [B, 77, D] of the B ``prompts`` (prepared ones), ``neg`` and ``null`` expanded to B,
+        on :attr:`device`, and ``prompts``."""
         pos = torch.stack([self.embeddings[q] for q in prompts])
         B = len(prompts)
         return {
