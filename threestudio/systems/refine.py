@@ -113,7 +113,10 @@ class RefineSystem(BaseSystem):
         pose, _ = skeleton_images(
             self.template.keypoints, cams.w2c, cams.K, c.resolution, c.resolution, head_closeup=False
         )
-        guidance = threestudio.find(c.guidance_type)(_inherit(c.guidance, self.stage1, "guidance"))
+        gcfg = _inherit(c.guidance, self.stage1, "guidance")
+        for k in ("compile_denoiser", "compile_vae_encoder"):  # a few hundred no-grad calls at new shapes:
+            gcfg[k] = c.guidance.get(k, False)  # compiling would cost more than it saves, unless asked for
+        guidance = threestudio.find(c.guidance_type)(gcfg)
         guidance.load(device)
         guidance.prepare_identity(self.stage1["face_image"])
         guidance.free_image_encoder()

@@ -193,6 +193,7 @@ def _pair(tiny_dir, device, **fast):
             vae_attention="auto",
             cuda_graph=False,
             compile_vae_encoder=False,
+            compile_denoiser=False,
         )
     )
     opt = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32", **fast))
@@ -204,11 +205,14 @@ def _pair(tiny_dir, device, **fast):
     return plain, opt, pp(torch.tensor([90.0, 30.0]), "body", torch.tensor([True, False]))
 
 
-def test_optimised_step_computes_the_same_sds_gradient(tiny_dir, tmp_path, monkeypatch):
-    """Channels-last layout and matmul attention in the VAE encoder change speed, not the method: the
-    SDS loss and its gradient on the renders agree with the plain step to float32 round-off."""
+@pytest.mark.parametrize("vae_attention", ["bmm", "math"])
+def test_optimised_step_computes_the_same_sds_gradient(tiny_dir, tmp_path, monkeypatch, vae_attention):
+    """Channels-last layout and bmm / SDPA-math attention in the VAE encoder change speed, not the
+    method: the SDS loss and its gradient on the renders agree with the plain step to float32 round-off."""
     monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
-    plain, opt, e = _pair(tiny_dir, "cpu", vae_attention="math")
+    plain, opt, e = _pair(tiny_dir, "cpu", vae_attention=vae_attention)
+    procs = {type(p).__name__ for p in opt.vae.attn_processors.values()}
+    assert procs == ({"AttnProcessor"} if vae_attention == "bmm" else {"AttnProcessor2_0"})
     opt.set_channels_last(True)
     assert opt.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     loss0, grad0 = _sds_step(plain, e)
@@ -222,9 +226,10 @@ def test_optimised_step_computes_the_same_sds_gradient(tiny_dir, tmp_path, monke
 
 @pytest.mark.gpu
 def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, monkeypatch):
-    """The default fast step on CUDA (compiled VAE encoder with matmul attention, captured noise
-    prediction) against the plain eager step, twice (the second call replays the graph). TF32 is off
-    here: with it, matmul and fused attention round differently (~0.6 % of the gradient)."""
+    """The default fast step on CUDA (compiled VAE encoder with bmm attention, compiled UNet and
+    ControlNet whose noise prediction is captured in a CUDA graph) against the plain eager step, twice
+    (the second call replays the graph). TF32 is off here: with it, matmul and fused attention round
+    differently (~0.6 % of the gradient)."""
     monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

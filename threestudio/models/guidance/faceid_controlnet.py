@@ -25,12 +25,14 @@ from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
 from threestudio.utils.gpu import resolve_dtype
+from threestudio.utils.io import persist_compile_cache
 from threestudio.utils.typing import Float, Tensor
 
 
 class VAEAttention(str, Enum):
-    """Attention backend of the VAE's self-attention (``vae_attention``)."""
+    """Attention of the VAE's self-attention (``vae_attention``)."""
 
+    bmm = "bmm"
     math = "math"
     auto = "auto"
 
@@ -97,17 +99,24 @@ class FaceIDControlNetGuidance(BaseObject):
         """Keep the frozen UNet, ControlNet and VAE (and their inputs) in channels-last memory layout
         on CUDA (same math; speed only). Off: on an H200 in bf16 it made the paper-settings step slower
         (159 ms against 130 ms, ``bench/results/stage1_step_h200.json``)."""
-        vae_attention: VAEAttention = VAEAttention.math
-        """Attention backend of the VAE's self-attention during the encoder's forward and backward:
-        ``math`` (two matmuls and a softmax; at 64² tokens and head size 512 far faster than the
-        memory-efficient kernel PyTorch picks, which is the only fused kernel for that head size) or
-        ``auto`` (PyTorch's choice). Same math either way."""
+        vae_attention: VAEAttention = VAEAttention.bmm
+        """The VAE's self-attention (one head of size 512 over the 64² latent pixels) in the encoder's
+        forward and backward: ``bmm`` (diffusers' ``AttnProcessor``: two batched matmuls in the
+        network dtype, the softmax in fp32 as the VAE's ``upcast_softmax`` asks); ``math`` (PyTorch's
+        SDPA math backend, which since torch 2.5 runs bf16/fp16 inputs as fp32 matmuls without tensor
+        cores); ``auto`` (PyTorch's SDPA choice: at head size 512 only the slow memory-efficient
+        kernel applies). The same attention; the bf16 rounding of the scores differs slightly."""
         compile_vae_encoder: bool = True
         """``torch.compile`` the VAE encoder (its forward and backward run every step) on CUDA when Triton
         is installed (it ships with CUDA builds of torch on Linux). Same math. On an H200 the step went
         from 126 to 113 ms and its peak memory from 11.3 to 9.7 GiB; the first step paid 23 s of
         compilation (inductor caches it on disk for later runs), recovered after ~1,700 of stage 1's
         2,400 steps."""
+        compile_denoiser: bool = True
+        """``torch.compile`` the UNet and the ControlNet (the 3B-sample noise prediction of every step)
+        on CUDA when Triton is installed: fused GroupNorm/SiLU/residual kernels, same math. The
+        compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, by default
+        ``$GIP_CACHE_DIR/inductor``), so only the first run on a machine pays the full compilation."""
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
         graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
@@ -219,8 +228,17 @@ class FaceIDControlNetGuidance(BaseObject):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.set_channels_last(c.channels_last and self.device.type == "cuda")
-        if c.compile_vae_encoder and self.device.type == "cuda" and importlib.util.find_spec("triton"):
+        if c.vae_attention is VAEAttention.bmm:
+            from diffusers.models.attention_processor import AttnProcessor
+
+            self.vae.set_attn_processor(AttnProcessor())
+        can_compile = self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
+        if can_compile and (c.compile_vae_encoder or c.compile_denoiser):
+            persist_compile_cache()
+        if c.compile_vae_encoder and can_compile:
             self.vae.encoder = torch.compile(self.vae.encoder)
+        if c.compile_denoiser and can_compile:
+            self.unet, self.controlnet = torch.compile(self.unet), torch.compile(self.controlnet)
         self._graphs: dict = {}
         self.loaded = True
 
@@ -357,7 +375,7 @@ class FaceIDControlNetGuidance(BaseObject):
         the backward with the kernel the forward chose)."""
         import contextlib
 
-        if self.cfg.vae_attention is VAEAttention.auto:
+        if self.cfg.vae_attention is not VAEAttention.math:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -412,7 +430,7 @@ class FaceIDControlNetGuidance(BaseObject):
             eps = self._noise(
                 torch.cat([z_t] * 3).contiguous(memory_format=self._layout),
                 torch.cat([t] * 3),
-                torch.cat([text_neg, text_pos, text_null]).to(self.dtype),
+                torch.cat([text_neg, text_pos, text_null]).to(self.device, self.dtype),
                 [b["neg"], b["pos"], b["null"]],
                 torch.cat([pose_in] * 3).contiguous(memory_format=self._layout),
             )
