@@ -6,14 +6,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from omegaconf import DictConfig
 
 import threestudio
 from threestudio.models.face.identity import FaceIdentity, load_image_rgb
+from threestudio.ops.camera import Cameras
 from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.sds import sparsity_loss
 from threestudio.systems.base import GaussianSystem
 from threestudio.utils.errors import MissingModelError
+
+
+@dataclass
+class GuidedViews:
+    """A stage-1 training batch with its guidance inputs made on the CPU (:meth:`AHDSSystem.prepare_train_batch`).
+
+    ``cams``: the B views; ``pose``: uint8 OpenPose skeleton images [B, S, S, 3] (S = ``pose_resolution``);
+    ``prompts``: the B view-dependent positive prompts.
+    """
+
+    cams: Cameras
+    pose: torch.Tensor
+    prompts: list[str]
+
+    def to(self, device) -> GuidedViews:
+        """Move to ``device``; to a GPU the skeletons go from pinned memory without blocking the host."""
+        pose = self.pose
+        if torch.device(device).type == "cuda" and pose.device.type == "cpu":
+            pose = pose.pin_memory().to(device, non_blocking=True)
+        return GuidedViews(self.cams.to(device), pose.to(device), self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.cams)
 
 
 @threestudio.register("gaussianip-ahds-system")
@@ -78,20 +103,27 @@ class AHDSSystem(GaussianSystem):
         self.guidance.free_image_encoder()
         self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_processor.prepare(self.device)
+        self.prompt_processor.to(self.device)
         self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))
 
     # ------------------------------------------------------------------ training
-    def compute_losses(self, cams, step: int) -> tuple[dict, dict, dict]:
-        """One AHDS step's losses (method §6.1): render -> OpenPose skeletons -> view prompts ->
-        guidance (``loss_sds``) and ``loss_sparsity`` on the rendered alpha; logs the mean timestep."""
-        out = self.render(cams)
+    def prepare_train_batch(self, cams: Cameras) -> GuidedViews:
+        """OpenPose skeletons (method §5.4) and view prompts (method §3.5) of the views ``cams`` (on the
+        CPU), made before the batch moves to the GPU: no host synchronisation inside the step."""
         size = self.cfg.pose_resolution
-        pc = cams.resized(size, size)
-        pose, all_vis = skeleton_images(
-            self.template.keypoints.to(self.device), pc.w2c, pc.K, size, size, cams.mode == "head"
-        )
-        text = self.prompt_processor(cams.azimuth_deg, cams.mode, all_vis)
-        dev = self.device
-        sds = self.guidance(out["comp_rgb"], pose, text["pos"].to(dev), text["neg"].to(dev), text["null"].to(dev), step)
+        pc = cams.to("cpu").resized(size, size)
+        kp = self.template.keypoints.cpu()
+        pose, all_vis = skeleton_images(kp, pc.w2c, pc.K, size, size, cams.mode == "head", uint8=True)
+        return GuidedViews(cams, pose, self.prompt_processor.view_prompts(pc.azimuth_deg, cams.mode, all_vis))
+
+    def compute_losses(self, batch: GuidedViews | Cameras, step: int) -> tuple[dict, dict, dict]:
+        """One AHDS step's losses (method §6.1): render -> guidance with the OpenPose skeletons and view
+        prompts of :meth:`prepare_train_batch` (made here for plain ``Cameras``) -> ``loss_sds``, and
+        ``loss_sparsity`` on the rendered alpha; logs the mean timestep."""
+        views = batch if isinstance(batch, GuidedViews) else self.prepare_train_batch(batch).to(self.device)
+        out = self.render(views.cams)
+        pose = views.pose.to(self.device, non_blocking=True).float() / 255.0
+        text = self.prompt_processor.lookup(views.prompts)
+        sds = self.guidance(out["comp_rgb"], pose, text["pos"], text["neg"], text["null"], step)
         losses = {"loss_sds": sds["loss_sds"], "loss_sparsity": sparsity_loss(out["opacity"])}
         return losses, out, {"t_mean": sds["t"].float().mean()}
