@@ -16,8 +16,13 @@ import pytest
 
 from tests.conftest import DEMO_FACE, DEMO_MOTION, REPO, face
 
-FAST = ["trainer.max_steps=3", "data.n_test_views=4", "trainer.enable_progress_bar=false"]
-"""Appended to the README's command: a few steps instead of the tiny preset's 30 (CI time)."""
+FAST = [
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=2",
+    "data.n_test_views=4",
+    "trainer.enable_progress_bar=false",
+]
+"""Appended to the README's command: a few steps instead of the tiny preset's 30 (CI time), one validation."""
 
 
 def readme_main_job() -> list[str]:
@@ -61,6 +66,10 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         assert (run / f).is_file(), f
     assert f"{run}/stage3/save/avatar.ply" in r.stdout
     assert json.loads((run / "stage3" / "manifest.json").read_text())["lpips"] is True  # LPIPS on in the tiny preset
+    for n in (1, 3):  # validation grids are written in the background, and finished before the stage ends
+        assert (run / f"stage{n}/save/it2-val.png").is_file()
+        timings = json.loads((run / f"stage{n}" / "manifest.json").read_text())["timings_s"]
+        assert set(timings) == {"setup", "train", "validation", "test"} and min(timings.values()) >= 0, timings
 
     # restart from stage 3, adding the specular stage (SCR): stages 1-2 untouched, the old stage 3 kept
     before = {

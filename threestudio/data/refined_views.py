@@ -23,35 +23,35 @@ from threestudio.data.human_cameras import (
 )
 from threestudio.ops.camera import Cameras
 from threestudio.utils.config import parse_structured
-from threestudio.utils.typing import Float, Int, Tensor
+from threestudio.utils.typing import Int, Tensor, UInt8
 
 
 @dataclass
 class TargetBatch:
-    """``cams`` (B views), ``images`` [B, H, W, 3] targets in [0, 1], ``bbox`` [B, 4] int loss boxes."""
+    """``cams`` (B views), ``images`` [B, H, W, 3] uint8 targets (None once the system holds every
+    target on its device), ``bbox`` [B, 4] int loss boxes, ``index`` [B] the views' numbers."""
 
     cams: Cameras
-    images: Float[Tensor, "B H W 3"]
+    images: UInt8[Tensor, "B H W 3"] | None
     bbox: Int[Tensor, "B 4"]
     index: Int[Tensor, " B"]
 
     def to(self, device) -> TargetBatch:
-        return TargetBatch(self.cams.to(device), self.images.to(device), self.bbox, self.index)
+        images = None if self.images is None else self.images.to(device)
+        return TargetBatch(self.cams.to(device), images, self.bbox, self.index)
 
     def __len__(self) -> int:
         return len(self.cams)
 
 
 def load_refined_views(trial_dir: str) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
-    """Cameras, refined images [n, H, W, 3] and loss boxes [n, 4] of a finished refine stage."""
+    """Cameras, refined images [n, H, W, 3] (uint8, as stored) and loss boxes [n, 4] of a finished
+    refine stage."""
     import imageio.v3 as iio
 
     man = read_stage(trial_dir, "refine", ("cameras",))
     views = read_view_records(Path(man["trial_dir"]) / man["cameras"])
-    imgs = [
-        torch.from_numpy(np.asarray(iio.imread(Path(man["trial_dir"]) / v.refined))[..., :3].copy()).float() / 255
-        for v in views
-    ]
+    imgs = [torch.from_numpy(np.asarray(iio.imread(Path(man["trial_dir"]) / v.refined))[..., :3].copy()) for v in views]
     return cameras_of(views), torch.stack(imgs), torch.tensor([v.bbox for v in views], dtype=torch.long)
 
 
@@ -89,6 +89,10 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         if self._data is None:
             self._data = load_refined_views(self.cfg.init_from)
         return self._data
+
+    def target_images(self) -> UInt8[Tensor, "n H W 3"]:
+        """All refined views (uint8), for a system that keeps them on its device."""
+        return self._load()[1]
 
     def train_dataloader(self):
         cams, images, bbox = self._load()

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from threestudio.models.renderers.base import render_avatar, resolve_renderer_ty
 from threestudio.utils.config import check_plugin_config, parse_structured
 from threestudio.utils.errors import ConfigError
 from threestudio.utils.gpu import MemoryBudget
-from threestudio.utils.io import save_image, save_video
+from threestudio.utils.io import BackgroundWriter, save_image, save_video
 
 
 class BaseSystem:
@@ -157,6 +158,12 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self.strategy = DensifyStrategy(self.cfg.densify)
         self._val_images: list = []
         self._test_frames: list = []
+        self._writer = BackgroundWriter()
+        """Validation grids are encoded and written on a worker thread while training goes on."""
+        self.timings: dict[str, float] = {}
+        """Wall seconds per phase (``setup``, ``train`` without validation, ``validation``, ``test``),
+        written to the manifest as ``timings_s``."""
+        self._t: dict[str, float] = {}
 
     def report(self, msg: str) -> None:
         self.print(msg) if self._trainer is not None else print(msg)
@@ -234,6 +241,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     # ------------------------------------------------------------------ Lightning plumbing
     def on_fit_start(self) -> None:
+        self._tick("setup")
         self.apply_budget(self.device)
 
     def configure_optimizers(self):
@@ -243,7 +251,9 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device)  # Cameras or TargetBatch
+        if self._trainer is not None and self.trainer.training:
+            batch = self.prepare_train_batch(batch)
+        return batch.to(device)  # Cameras, TargetBatch or a stage's prepared batch
 
     def on_save_checkpoint(self, checkpoint) -> None:
         s = self.strategy
@@ -254,6 +264,35 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         if st:
             s = self.strategy
             s.grad_accum, s.denom, s.max_radii = st["grad_accum"], st["denom"], st["max_radii"]
+
+    def _tick(self, phase: str) -> None:
+        self._t[phase] = time.perf_counter()
+
+    def _tock(self, phase: str) -> None:
+        if phase in self._t:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - self._t.pop(phase)
+
+    def on_train_start(self) -> None:
+        self._tock("setup")
+        self._tick("train")
+
+    def on_validation_start(self) -> None:
+        self._tick("validation")
+
+    def on_validation_end(self) -> None:
+        self._tock("validation")
+
+    def on_test_start(self) -> None:
+        self._tick("test")
+
+    def on_test_end(self) -> None:
+        self._tock("test")
+        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()})
+
+    def prepare_train_batch(self, batch):
+        """CPU-side work on a training batch before it moves to the GPU (identity here). Runs while
+        the GPU still executes the previous step, so it costs no GPU time."""
+        return batch
 
     def on_train_batch_start(self, batch, batch_idx):
         dm = getattr(self.trainer, "datamodule", None)
@@ -269,7 +308,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         if imgs:
             n = len(imgs) // 2 or 1
             rows = [torch.cat(imgs[i : i + n], dim=1) for i in range(0, len(imgs), n)]
-            save_image(self.save_path(f"it{self.step}-val.png"), torch.cat(rows, dim=0))
+            self._writer.submit(save_image, self.save_path(f"it{self.step}-val.png"), torch.cat(rows, dim=0))
         self._val_images = []
 
     @torch.no_grad()
@@ -285,7 +324,12 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self.export()
 
     def on_train_end(self) -> None:
+        self._writer.wait()
+        self._tock("train")
+        if "validation" in self.timings:  # validation runs inside the training loop: count it once
+            self.timings["train"] -= self.timings["validation"]
         self.export()
+        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()})
 
     def export(self) -> None:
         """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""

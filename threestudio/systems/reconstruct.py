@@ -7,7 +7,7 @@ densify and prune-only events that fire."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from omegaconf import DictConfig
 
@@ -85,6 +85,9 @@ class ReconstructSystem(GaussianSystem):
         super().on_fit_start()
         if self.cfg.lambda_lpips > 0:
             self._frozen["lpips"] = lpips_vgg.LPIPSVGG(self.cfg.lpips).to(self.device)
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.device.type == "cuda" and hasattr(dm, "target_images"):  # 32 uint8 1024² views: ~100 MB
+            self._frozen["targets"] = dm.target_images().to(self.device)
         self.write_manifest(
             stage="reconstruct",
             init_from=self.stage2["trial_dir"],
@@ -93,12 +96,20 @@ class ReconstructSystem(GaussianSystem):
             lpips=self.lpips is not None,
         )
 
+    def prepare_train_batch(self, batch):
+        """Targets held on the device (:meth:`on_fit_start`) are not copied again with each batch."""
+        if "targets" in self._frozen:
+            return replace(batch, images=None)
+        return batch
+
     def compute_losses(self, batch, step: int) -> tuple[dict, dict, dict]:
         """Losses of method §8 on the loss boxes of ``batch`` (a :class:`TargetBatch`) at ``loss_scale``:
         ``loss_l1``, ``loss_ssim`` and, once LPIPS is loaded, ``loss_lpips``; logs the crops' PSNR."""
         out = self.render(batch.cams)
+        resident = self._frozen.get("targets")
+        images = batch.images if batch.images is not None else resident[batch.index.to(resident.device)]
         r = crop_boxes(out["comp_rgb"], batch.bbox.tolist(), self.cfg.loss_scale)
-        t = crop_boxes(batch.images, batch.bbox.tolist(), self.cfg.loss_scale)
+        t = crop_boxes(images.float() / 255.0, batch.bbox.tolist(), self.cfg.loss_scale)
         losses = {"loss_l1": (r - t).abs().mean(), "loss_ssim": ssim_loss(r, t)}
         if self.lpips is not None:
             losses["loss_lpips"] = self.lpips(r, t).mean()
