@@ -109,8 +109,13 @@ def main():
     a = ap.parse_args()
     import torch
 
+    from threestudio.utils.io import persist_compile_cache
+
+    cache = persist_compile_cache()
     res = {
         "benchmark": "full_pipeline",
+        "compile_cache": str(cache),
+        "compile_cache_was_warm": cache.is_dir() and any(cache.iterdir()),
         "cap_gb": a.cap_gb,
         "prompt": a.prompt,
         "face": Path(a.face).name,
@@ -153,6 +158,7 @@ def main():
             "budget_gib": man.get("gpu_budget_gib"),
             "peak_device_used_gib": sampler.peak_gib(t_a, t_b),
             "num_gaussians": man.get("num_gaussians"),
+            "timings_s": man.get("timings_s"),
         }
     densify = [ln.strip() for ln in log if "densify/prune" in ln]
     res["stages"], res["densify_events"] = stages, densify
