@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 
 from threestudio.data.synthetic import textured_model, write_known_answer_stages
 from threestudio.models.renderers.torch_splat import TorchSplatRenderer
@@ -23,6 +24,15 @@ def test_reconstruction_lowers_loss_and_raises_psnr(template, tmp_path):
     )
     cams, imgs, boxes = load_refined_views(str(s2))
     assert imgs.shape == (8, 48, 48, 3) and (boxes[:, 2] > boxes[:, 0]).all()
+    batch = next(iter(RandomTargets(cams, imgs, boxes, 4, 1)))
+    assert batch.images.dtype == torch.uint8
+    plain, _, _ = sysm.compute_losses(batch, 0)
+    sysm._frozen["targets"] = imgs  # as on_fit_start keeps them on a GPU: batches then carry no images
+    lean = sysm.prepare_train_batch(batch)
+    assert lean.images is None and torch.equal(lean.index, batch.index)
+    resident, _, _ = sysm.compute_losses(lean, 0)
+    assert resident.keys() == plain.keys() and all(torch.equal(resident[k], plain[k]) for k in plain)
+    del sysm._frozen["targets"]
     opt = sysm.configure_optimizers()
     it = iter(RandomTargets(cams, imgs, boxes, 4, 0))
     losses, psnrs = [], []
