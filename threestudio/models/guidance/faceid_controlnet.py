@@ -98,7 +98,7 @@ class FaceIDControlNetGuidance(BaseObject):
         channels_last: bool = False
         """Keep the frozen UNet, ControlNet and VAE (and their inputs) in channels-last memory layout
         on CUDA (same math; speed only). Off: on an H200 in bf16 it made the paper-settings step slower
-        (159 ms against 130 ms, ``bench/results/stage1_step_h200.json``)."""
+        (92 ms against 84 ms, ``bench/results/stage1_step_h200.json``)."""
         vae_attention: VAEAttention = VAEAttention.bmm
         """The VAE's self-attention (one head of size 512 over the 64² latent pixels) in the encoder's
         forward and backward: ``bmm`` (diffusers' ``AttnProcessor``: two batched matmuls in the
@@ -108,15 +108,15 @@ class FaceIDControlNetGuidance(BaseObject):
         kernel applies). The same attention; the bf16 rounding of the scores differs slightly."""
         compile_vae_encoder: bool = True
         """``torch.compile`` the VAE encoder (its forward and backward run every step) on CUDA when Triton
-        is installed (it ships with CUDA builds of torch on Linux). Same math. On an H200 the step went
-        from 126 to 113 ms and its peak memory from 11.3 to 9.7 GiB; the first step paid 23 s of
-        compilation (inductor caches it on disk for later runs), recovered after ~1,700 of stage 1's
-        2,400 steps."""
+        is installed (it ships with CUDA builds of torch on Linux). Same math. On an H200 it takes the
+        paper-settings step from 98 to 84 ms and its peak memory from 11.2 to 9.2 GiB
+        (``bench/results/stage1_step_h200.json``). Compiled code is cached as for ``compile_denoiser``."""
         compile_denoiser: bool = True
         """``torch.compile`` the UNet and the ControlNet (the 3B-sample noise prediction of every step)
-        on CUDA when Triton is installed: fused GroupNorm/SiLU/residual kernels, same math. The
-        compiled code is cached on disk (``$TORCHINDUCTOR_CACHE_DIR``, by default
-        ``$GIP_CACHE_DIR/inductor``), so only the first run on a machine pays the full compilation."""
+        on CUDA when Triton is installed: fused GroupNorm/SiLU/residual kernels, same math. On an H200
+        it takes the step from 103 to 84 ms. The compiled code is cached on disk
+        (``$TORCHINDUCTOR_CACHE_DIR``, by default ``$GIP_CACHE_DIR/inductor``), so only the first run
+        on a machine pays the full compilation (there, stage 1 took about 100 s longer)."""
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
         graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
