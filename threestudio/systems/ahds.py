@@ -34,8 +34,8 @@ class GuidedViews:
         """Move to ``device``; to a GPU the skeletons go from pinned memory without blocking the host."""
         pose = self.pose
         if torch.device(device).type == "cuda" and pose.device.type == "cpu":
-            pose = pose.pin_memory().to(device, non_blocking=True)
-        return GuidedViews(self.cams.to(device), pose.to(device), self.prompts)
+            pose = pose.pin_memory()
+        return GuidedViews(self.cams.to(device), pose.to(device, non_blocking=True), self.prompts)
 
     def __len__(self) -> int:
         return len(self.cams)
@@ -122,7 +122,7 @@ class AHDSSystem(GaussianSystem):
         ``loss_sparsity`` on the rendered alpha; logs the mean timestep."""
         views = batch if isinstance(batch, GuidedViews) else self.prepare_train_batch(batch).to(self.device)
         out = self.render(views.cams)
-        pose = views.pose.to(self.device, non_blocking=True).float() / 255.0
+        pose = views.pose.float() / 255.0  # GuidedViews.to put it on the device
         text = self.prompt_processor.lookup(views.prompts)
         sds = self.guidance(out["comp_rgb"], pose, text["pos"], text["neg"], text["null"], step)
         losses = {"loss_sds": sds["loss_sds"], "loss_sparsity": sparsity_loss(out["opacity"])}

@@ -287,6 +287,9 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     def on_test_end(self) -> None:
         self._tock("test")
+        self._write_timings()
+
+    def _write_timings(self) -> None:
         self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()})
 
     def prepare_train_batch(self, batch):
@@ -329,7 +332,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         if "validation" in self.timings:  # validation runs inside the training loop: count it once
             self.timings["train"] -= self.timings["validation"]
         self.export()
-        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()})
+        self._write_timings()
 
     def export(self) -> None:
         """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""

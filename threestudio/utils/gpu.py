@@ -17,7 +17,6 @@ import torch
 
 GIB = 2**30
 
-
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -85,8 +85,11 @@ class BackgroundWriter:
         self._pending.append(self._pool.submit(fn, *args, **kwargs))
 
     def wait(self) -> None:
-        """Block until all queued writes are finished; raise the first one's error, if any."""
+        """Block until all queued writes are finished, then raise the first one's error, if any."""
+        from concurrent.futures import wait
+
         pending, self._pending = self._pending, []
+        wait(pending)
         for f in pending:
             f.result()
 
