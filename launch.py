@@ -12,10 +12,13 @@
     python launch.py --config configs/reconstruct.yaml --check system.init_from=later   # model files present?
     python launch.py --show-config gsplat-renderer            # a plugin's options, defaults and docstrings
     python launch.py --show-config configs/ahds.yaml          # a stage's options with that file's values
+    python launch.py --config configs/ahds.yaml --train trainer.devices=4 ...   # one avatar on 4 GPUs (DDP)
 
 Every run writes a new trial directory <exp_root_dir>/<name>/<tag>@<timestamp>/ with
 configs/parsed.yaml, ckpts/last.ckpt, save/ (avatar.ply, turntable.mp4, validation renders) and
 csv_logs/. Earlier trial directories are never touched (a resumed run continues in its own).
+A data-parallel run (trainer.devices or trainer.num_nodes > 1) splits each step's views over its
+processes; only rank 0 writes. It resumes like any run (--resume), with the same device count.
 Bad input gives one line on stderr and exit status 2.
 """
 
@@ -134,6 +137,7 @@ def show_config(target: str, configs: list[str], overrides: list[str]) -> int:
 def run(args) -> int:
     import threestudio
     from threestudio.utils.config import dump_config, load_config
+    from threestudio.utils.distributed import launch_rank
     from threestudio.utils.errors import ConfigError, UserError
     from threestudio.utils.io import atomic_write_text
 
@@ -176,21 +180,15 @@ def run(args) -> int:
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
     system_cls.preflight(cfg.system, mode)
-    data_cls(cfg.data)  # validates the data config
+    data = data_cls(cfg.data)  # validates the data config
     if mode == "check":
         print(f"{cfg.system_type}: config and model files OK")
         return 0
 
-    if trial_dir is None and cfg.trial_dir:  # an explicit trial directory (run.sh pipelines)
-        trial_dir = Path(cfg.trial_dir)
-        if trial_dir.exists():  # keep the earlier result: move it aside, never overwrite it
-            trial_dir.rename(trial_dir.with_name(f"{trial_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
-    if trial_dir is None:
-        trial_dir = new_trial_dir(cfg)
-        cfg.trial_dir = str(trial_dir)
-    trial_dir = Path(trial_dir)
-    (trial_dir / "configs").mkdir(parents=True, exist_ok=True)
-    if mode == "train":
+    processes = data_parallel_processes(cfg, data, mode)
+    trial_dir = prepare_trial_dir(cfg, trial_dir, mode)
+    lead = launch_rank() == 0  # the other ranks of a data-parallel run write nothing of their own
+    if lead and mode == "train":
         dump_config(trial_dir / "configs" / "parsed.yaml", cfg)
         atomic_write_text(trial_dir / "cmd.txt", " ".join(map(str, sys.argv)) + "\n")
 
@@ -199,7 +197,7 @@ def run(args) -> int:
     pl.seed_everything(cfg.seed, verbose=False)
     system = system_cls(cfg.system, str(trial_dir), max_steps=cfg.trainer.max_steps)
     try:
-        _run_system(system, system_cls, cfg, mode, trial_dir, ckpt, data_cls)
+        _run_system(system, system_cls, cfg, mode, trial_dir, ckpt, data_cls, processes)
     except Exception as e:  # a stage that still runs out of GPU memory: one clear message, outputs kept
         from threestudio.utils.gpu import is_out_of_memory, oom_message
 
@@ -207,6 +205,8 @@ def run(args) -> int:
             raise
         budget = system.budget.gib if system.budget is not None and system.budget.limited else None
         raise UserError(oom_message(system.stage_label, system.oom_advice, trial_dir, budget)) from None
+    if not lead:
+        return 0
     if mode == "export" and formats:  # the other formats of the avatar.ply just written
         for f, path, size, _ in export_avatar(system.save_path("avatar.ply"), formats):
             print(f"{f:15s} {size / 1e6:8.2f} MB  {path}")
@@ -214,8 +214,69 @@ def run(args) -> int:
     return 0
 
 
-def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_cls) -> None:
-    """Run ``mode`` of a constructed system (Lightning for trainable stages)."""
+def data_parallel_processes(cfg, data, mode: str) -> int:
+    """Processes of the run: ``trainer.devices × trainer.num_nodes`` when training (evaluation and export
+    run on one device).
+
+    Raises:
+        UserError: a count below 1, an unknown strategy, or views per step that do not split evenly.
+    """
+    from threestudio.utils.distributed import check_split
+    from threestudio.utils.errors import UserError
+
+    t = cfg.trainer
+    if t.devices < 1 or t.num_nodes < 1:
+        raise UserError(f"trainer.devices={t.devices}, trainer.num_nodes={t.num_nodes}: both must be 1 or more")
+    if t.strategy not in ("auto", "ddp"):
+        raise UserError(f"trainer.strategy={t.strategy!r}: choose auto or ddp")
+    processes = t.devices * t.num_nodes if mode == "train" else 1
+    if processes > 1 and hasattr(data, "views_per_step"):  # the data module of a trainable stage
+        key, views = data.views_per_step()
+        check_split(views, processes, f"data.{key}")
+    return processes
+
+
+def prepare_trial_dir(cfg, trial_dir: Path | None, mode: str) -> Path:
+    """The run's trial directory, created by rank 0 only (and published to the ranks it starts).
+
+    An explicit ``trial_dir`` (run.sh) that already exists is moved aside, never overwritten; without
+    one, ``<exp_root_dir>/<name>/<tag>@<timestamp>``. The other ranks of a data-parallel run take rank
+    0's (``$GIP_TRIAL_DIR``, set before Lightning starts them).
+
+    Raises:
+        UserError: a rank other than 0 without a trial directory to join (a multi-machine run needs an
+            explicit ``trial_dir=`` on a shared file system).
+    """
+    from threestudio.utils.distributed import TRIAL_DIR_ENV, launch_rank
+    from threestudio.utils.errors import UserError
+
+    lead = launch_rank() == 0
+    if trial_dir is None and cfg.trial_dir:  # an explicit trial directory (run.sh pipelines)
+        trial_dir = Path(cfg.trial_dir)
+        if lead and mode == "train" and trial_dir.exists():  # keep the earlier result: move it aside
+            trial_dir.rename(trial_dir.with_name(f"{trial_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if trial_dir is None:
+        if not lead:
+            shared = os.environ.get(TRIAL_DIR_ENV)
+            if not shared:
+                raise UserError(
+                    "this process is not rank 0 and has no trial directory to join: give a multi-machine run "
+                    "an explicit trial_dir=<folder on a file system every machine sees>"
+                )
+            trial_dir = Path(shared)
+        else:
+            trial_dir = new_trial_dir(cfg)
+        cfg.trial_dir = str(trial_dir)
+    trial_dir = Path(trial_dir)
+    if lead:
+        (trial_dir / "configs").mkdir(parents=True, exist_ok=True)
+    os.environ[TRIAL_DIR_ENV] = str(trial_dir)  # the ranks Lightning's launcher starts inherit it
+    return trial_dir
+
+
+def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_cls, processes: int = 1) -> None:
+    """Run ``mode`` of a constructed system (Lightning for trainable stages; data-parallel over
+    ``processes`` with :class:`~threestudio.utils.distributed.GaussianDDPStrategy`)."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
@@ -240,10 +301,18 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
         save_last=True,
         save_top_k=-1,
     )
+    strategy = "auto"
+    if processes > 1 or (t.strategy == "ddp" and mode == "train"):
+        from threestudio.utils.distributed import GaussianDDPStrategy
+
+        strategy = GaussianDDPStrategy()
     trainer = pl.Trainer(
         max_steps=t.max_steps,
         accelerator=t.accelerator,
-        devices=t.devices,
+        devices=t.devices if mode == "train" else 1,
+        num_nodes=t.num_nodes if mode == "train" else 1,
+        strategy=strategy,
+        use_distributed_sampler=False,  # the data modules split each step's views by rank themselves
         precision=t.precision,
         val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None,

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Text prompt + face photo -> 3D Gaussian avatar, all stages in one command.
 #
-#   bash run.sh [--tiny] [--run-dir DIR] "<prompt>" <face image> [overrides...]
+#   bash run.sh [--tiny] [--specular] [--gpus N] [--run-dir DIR] "<prompt>" <face image> [overrides...]
 #   bash run.sh [--tiny] --from-stage 2|3 --run-dir DIR [overrides...]
 #
 #   --tiny          offline CPU preset: tiny random models (written on first use), 64² renders
 #   --specular      view-dependent highlights (SpecularIP: SEID in stage 1, SCR in stage 3)
+#   --gpus N        train stages 1 and 3 data-parallel on N GPUs of this machine (each step's views are
+#                   split over them; N must divide the views per step: 1, 2 or 4 at paper settings)
 #   --run-dir DIR   where the stages go (default: outputs/<prompt>@<time>): DIR/stage1 (AHDS),
 #                   DIR/stage2 (view-consistent refinement), DIR/stage3 (reconstruction)
 #   --from-stage N  restart from stage N, reusing the earlier stages in DIR (a rerun stage's old
@@ -17,13 +19,14 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 py="${PYTHON:-python3}"
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 2; }
-tiny=0; from=1; run_dir=""; specular=0
+tiny=0; from=1; run_dir=""; specular=0; gpus=1
 while [[ $# -gt 0 && "$1" == --* ]]; do
   case "$1" in
     --tiny) tiny=1; shift ;;
     --specular) specular=1; shift ;;
+    --gpus) [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || die "--gpus needs a number of GPUs (1 or more)"; gpus="$2"; shift 2 ;;
     --from-stage) [[ $# -ge 2 ]] || die "--from-stage needs 1, 2 or 3"; from="$2"; shift 2 ;;
     --run-dir) [[ $# -ge 2 ]] || die "--run-dir needs a folder"; run_dir="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -57,6 +60,7 @@ cfgs() {  # the stage's config, its tiny preset, the specular preset (stages 1 a
   printf '%s\n' "${a[@]}"
 }
 for o in "$@"; do [[ "$o" =~ ^s[0-9]+: && ! "$o" =~ ^s[123]: ]] && die "override $o: the stage prefix must be s1:, s2: or s3:"; done
+[[ $gpus == 1 ]] || set -- "s1:trainer.devices=$gpus" "s3:trainer.devices=$gpus" "$@"  # stage 2 trains nothing
 for_stage() {  # N overrides... -> the overrides for stage N (prefix s<N>: removed, other stages' dropped)
   local n="$1" o; shift
   for o in "$@"; do

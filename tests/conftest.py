@@ -129,7 +129,15 @@ def planted_array(marker) -> np.ndarray:
     return a
 
 
-SLOW_FIRST = ("test_readme_main_job", "test_web_viewer", "test_tier_batching", "test_reconstruction_lowers")
+SLOW_FIRST = (
+    "test_readme_main_job",
+    "test_gallery",
+    "test_two_process",
+    "test_web_viewer",
+    "test_tier_batching",
+    "test_reconstruction_lowers",
+    "test_two_processes",
+)
 """The longest tests start first, so that the two test workers finish together."""
 
 

@@ -81,6 +81,9 @@ STAGE3 = ["--config", REPO / "configs/reconstruct.yaml", "--config", REPO / "con
     ("appearance key", STAGE1, ["system.appearance_type=asg-specular-appearance", "system.appearance.lobes=3"],
      "system.appearance"),
     ("data key", STAGE1, ["data.batch_sise=3"], "batch_sise"),
+    ("uneven split", STAGE1, ["trainer.devices=3"], "data.batch_size=2 views per step cannot be split evenly over 3"),
+    ("no devices", STAGE1, ["trainer.devices=0"], "must be 1 or more"),
+    ("strategy", STAGE1, ["trainer.strategy=fsdp"], "choose auto or ddp"),
     ("stage 2 guidance key", STAGE2, ["system.guidance.face.rooot=x"], "system.guidance.face"),
     ("stage 2 init_from", STAGE2, [], "stage directory not found"),
     ("stage 3 lpips key", STAGE3, ["system.lpips.vgg_pth=x"], "system.lpips"),
@@ -108,6 +111,44 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(tiny_dir, tmp_path,
     assert lines[0].startswith("error:") and pattern in err, err
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists(), "nothing may be written on bad input"
+
+
+def test_two_process_data_parallel_run_writes_one_avatar_with_agreeing_replicas_and_resumes(tiny_dir, tmp_path):
+    """``trainer.devices=2`` on the CPU: Lightning starts a second ``launch.py`` (gloo); each takes one of
+    the 2 views per step. One trial directory, files written once, the replicas' checksums equal at every
+    densify event; a resume from a mid-run checkpoint runs on 2 processes again."""
+    import os
+    import subprocess
+    import sys
+
+    events = {"system.densify.densify_steps": "[3,6]", "system.densify.prune_steps": "[7]"}
+    args = tiny_stage1_args(tmp_path, steps=8, **events, **{"trainer.devices": 2, "checkpoint.every_n_train_steps": 4})
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    run = [sys.executable, str(REPO / "launch.py")]
+    r = subprocess.run(run + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Starting with 2 processes" in r.stdout + r.stderr and r.stdout.count("results in") == 1
+    (trial,) = trials(tmp_path)
+    man = json.loads((trial / "manifest.json").read_text())
+    assert man["replicas"]["processes"] == 2 and man["step"] == 8
+    checks = man["replicas"]["checks"]
+    assert [c["step"] for c in checks] == [3, 6, 7]
+    assert all(len(c["checksums"]) == 2 and len(set(c["checksums"])) == 1 for c in checks), checks
+    from threestudio.utils.ply import read_gaussian_ply
+
+    params, _ = read_gaussian_ply(trial / "save/avatar.ply")
+    assert params["means"].shape[0] == man["num_gaussians"] == checks[-1]["points"]
+    assert sorted(p.name for p in (trial / "ckpts").iterdir()) == ["last.ckpt", "step4.ckpt", "step8.ckpt"]
+    assert len(list((trial / "save").glob("*.mp4"))) == 1 and not list(trial.glob("**/*.tmp*"))
+
+    r = subprocess.run(
+        run + ["--train", "--resume", str(trial / "ckpts/step4.ckpt"), "trainer.max_steps=8"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert trials(tmp_path) == [trial] and "Starting with 2 processes" in r.stdout + r.stderr
+    man = json.loads((trial / "manifest.json").read_text())
+    assert [c["step"] for c in man["replicas"]["checks"]] == [6, 7] and man["step"] == 8
 
 
 def test_incomplete_earlier_stage_is_named(tmp_path, capsys):

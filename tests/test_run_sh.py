@@ -118,11 +118,14 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
     (["  ", "{face}"], "prompt is empty"),
     (["A man", "{face}", "s4:trainer.max_steps=3"], "stage prefix"),
     (["A man", "{face}", "s3:system.lpips.vgg_path=/nonexistent/vgg16.pth"], "LPIPS backbone"),
+    (["--gpus", "0", "A man", "{face}"], "--gpus needs a number"),
+    (["--gpus", "3", "A man", "{face}"], "data.batch_size=2 views per step cannot be split evenly over 3 processes"),
 ])  # fmt: skip
 def test_rejected_input_leaves_no_run_folder(tiny_dir, tmp_path, args, pattern):
     env = dict(os.environ, PYTHON=sys.executable)
     run = tmp_path / "runs" / "r1"
-    argv = ["bash", str(REPO / "run.sh"), "--tiny", "--run-dir", str(run), *[a.format(face=face()) for a in args]]
+    args = [a.format(face=face()) for a in args]
+    argv = ["bash", str(REPO / "run.sh"), "--tiny", "--run-dir", str(run), *args]
     r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and pattern in r.stderr, r.stderr[-2000:]
     assert re.search(r"^error: ", r.stderr, re.M) and "Traceback" not in r.stderr

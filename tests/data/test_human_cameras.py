@@ -23,3 +23,24 @@ def test_random_cameras_modes_and_windows():
             a = torch.sort(m.azimuth_deg).values
             assert (a[1:] - a[:-1] > 0).all() and len(m) == 4  # stratified
     assert abs(math.degrees(float(modes[0].fovy_rad[0]))) <= 70.0
+
+
+def test_data_parallel_ranks_share_out_the_one_process_batches():
+    """Every rank draws the same global batch and keeps its own views: together, the one-process stream."""
+    from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
+    from threestudio.ops.camera import Cameras
+    from threestudio.utils.config import parse_structured
+
+    cfg = parse_structured(HumanCameraConfig, {"head_steps": [0, 99], "back_steps": [0, 99], "height": 8, "width": 8})
+    one = iter(RandomHumanCameras(cfg))
+    ranks = []
+    for r in range(2):
+        ds = RandomHumanCameras(cfg)
+        ds.shard(r, 2)
+        ranks.append(iter(ds))
+    for _ in range(12):
+        whole = next(one)
+        parts = [next(it) for it in ranks]
+        assert [len(p) for p in parts] == [2, 2] and {p.mode for p in parts} == {whole.mode}
+        joined = Cameras.cat(parts)
+        assert torch.equal(joined.c2w, whole.c2w) and torch.equal(joined.fovy_rad, whole.fovy_rad)

@@ -22,14 +22,17 @@ from threestudio.data.human_cameras import (
     validation_cameras,
 )
 from threestudio.ops.camera import Cameras
+from threestudio.ops.losses import common_size_boxes
 from threestudio.utils.config import parse_structured
+from threestudio.utils.distributed import rank_slice
 from threestudio.utils.typing import Int, Tensor, UInt8
 
 
 @dataclass
 class TargetBatch:
     """``cams`` (B views), ``images`` [B, H, W, 3] uint8 targets (None once the system holds every
-    target on its device), ``bbox`` [B, 4] int loss boxes, ``index`` [B] the views' numbers."""
+    target on its device), ``bbox`` [B, 4] int loss boxes ``[x0, y0, x1, y1)`` (already grown to the
+    common size of the step's whole batch), ``index`` [B] the views' numbers."""
 
     cams: Cameras
     images: UInt8[Tensor, "B H W 3"] | None
@@ -56,17 +59,22 @@ def load_refined_views(trial_dir: str) -> tuple[Cameras, torch.Tensor, torch.Ten
 
 
 class RandomTargets(IterableDataset):
-    """Infinite stream of :class:`TargetBatch` es of ``batch`` distinct random views (method §8)."""
+    """Infinite stream of :class:`TargetBatch` es of ``batch`` distinct random views (method §8). With
+    ``views`` (a data-parallel rank's :func:`~threestudio.utils.distributed.rank_slice`) every rank draws
+    the same global batch and yields its share."""
 
-    def __init__(self, cams: Cameras, images: Tensor, bbox: Tensor, batch: int, seed: int):
-        self.cams, self.images, self.bbox, self.batch = cams, images, bbox, batch
+    def __init__(self, cams: Cameras, images: Tensor, bbox: Tensor, batch: int, seed: int, views: slice = slice(None)):
+        self.cams, self.images, self.bbox, self.batch, self.views = cams, images, bbox, batch, views
         self.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
         n = len(self.cams)
         while True:
             idx = torch.randperm(n, generator=self.generator)[: min(self.batch, n)]
-            yield TargetBatch(self.cams[idx], self.images[idx], self.bbox[idx], idx)
+            # one crop size for the whole (global) batch, as one process would use (method §12.19)
+            boxes = torch.tensor(common_size_boxes(self.bbox[idx].tolist(), self.cams.width, self.cams.height))
+            idx, boxes = idx[self.views], boxes[self.views]
+            yield TargetBatch(self.cams[idx], self.images[idx], boxes, idx)
 
 
 @threestudio.register("refined-views-datamodule")
@@ -84,6 +92,16 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "data")
         self._data = None
+        self._views = slice(None)
+
+    def views_per_step(self) -> tuple[str, int]:
+        """(config key, value) of the global batch that a data-parallel run splits over its processes."""
+        return "batch_views", self.cfg.batch_views
+
+    def setup(self, stage: str) -> None:
+        t = self.trainer
+        if t is not None:
+            self._views = rank_slice(self.cfg.batch_views, t.global_rank, t.world_size)
 
     def _load(self):
         if self._data is None:
@@ -97,7 +115,7 @@ class RefinedViewsDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         cams, images, bbox = self._load()
         return DataLoader(
-            RandomTargets(cams, images, bbox, self.cfg.batch_views, self.cfg.seed),
+            RandomTargets(cams, images, bbox, self.cfg.batch_views, self.cfg.seed, self._views),
             batch_size=None,
             collate_fn=_identity,
         )

@@ -53,12 +53,18 @@ def cap_growth(
     return clone & sel, split & sel
 
 
-def split_children(params: dict[str, Tensor], mask: Bool[Tensor, " N"], n_children: int = 2) -> dict[str, Tensor]:
+def split_children(
+    params: dict[str, Tensor],
+    mask: Bool[Tensor, " N"],
+    n_children: int = 2,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """Children of the masked Gaussians: centres sampled from the parent's Gaussian, scales divided by
-    ``0.8 * n_children`` (3DGS), all other attributes copied."""
+    ``0.8 * n_children`` (3DGS), all other attributes copied. ``generator`` (on the parameters' device)
+    draws the centres; None = PyTorch's global generator."""
     sel = {k: v[mask] for k, v in params.items()}
     scales = torch.exp(sel["log_scales"]).repeat(n_children, 1)
-    noise = torch.randn_like(scales)
+    noise = torch.randn(scales.shape, generator=generator, device=scales.device, dtype=scales.dtype)
     offsets = (quat_to_rotmat(sel["quats"]).repeat(n_children, 1, 1) @ (noise * scales)[..., None])[..., 0]
     out = {k: v.repeat(n_children, *([1] * (v.dim() - 1))) for k, v in sel.items()}
     out["means"] = out["means"] + offsets

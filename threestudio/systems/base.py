@@ -6,6 +6,9 @@
 * :class:`GaussianSystem` (a Lightning module as well): stages that train Gaussians (1 and 3). One
   training step: ``losses = compute_losses(batch, step)`` -> :meth:`weighted_loss` (Σ λ_x · loss_x,
   threestudio's pattern) -> backward -> densify statistics -> optimiser step -> densify event -> log.
+  Data-parallel (``trainer.devices`` > 1): each rank renders its share of the step's views, the
+  gradients and screen-space statistics are averaged over the ranks after the backward
+  (:mod:`threestudio.utils.distributed`), and the replicas' checksums are compared at every densify event.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from threestudio.models.appearance.specular import FILE_SUFFIX as SPECULAR_SUFFI
 from threestudio.models.geometry.strategy import DensifyPolicy, DensifyStrategy
 from threestudio.models.renderers.base import render_avatar, resolve_renderer_type
 from threestudio.utils.config import check_plugin_config, parse_structured
+from threestudio.utils.distributed import all_reduce_max, average_gradients, replica_checksums
 from threestudio.utils.errors import ConfigError
 from threestudio.utils.gpu import MemoryBudget
 from threestudio.utils.io import BackgroundWriter, save_image, save_video
@@ -90,9 +94,15 @@ class BaseSystem:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the stage's files (False on the other ranks of a data-parallel run)."""
+        return True
+
     def write_manifest(self, **entries) -> None:
-        """Merge ``entries`` into ``<trial>/manifest.json`` (the hand-off to the next stage)."""
-        write_manifest(self.trial_dir, **entries)
+        """Merge ``entries`` into ``<trial>/manifest.json`` (the hand-off to the next stage); rank 0 only."""
+        if self.is_writer:
+            write_manifest(self.trial_dir, **entries)
 
     def report(self, msg: str) -> None:
         """Print a progress line."""
@@ -160,6 +170,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._test_frames: list = []
         self._writer = BackgroundWriter()
         """Validation grids are encoded and written on a worker thread while training goes on."""
+        self.replica_checks: list[dict] = []
+        """Data-parallel runs: the replicas' parameter checksums at each densify event (manifest ``replicas``)."""
         self.timings: dict[str, float] = {}
         """Wall seconds per phase (``setup``, ``train`` without validation, ``validation``, ``test``),
         written to the manifest as ``timings_s``."""
@@ -172,6 +184,15 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
     def step(self) -> int:
         """Optimiser steps taken so far (= the index of the current training step)."""
         return int(self.global_step)
+
+    @property
+    def processes(self) -> int:
+        """Processes of a data-parallel run (1 without one)."""
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    @property
+    def is_writer(self) -> bool:
+        return self._trainer is None or self.trainer.is_global_zero
 
     # ------------------------------------------------------------------ the training step
     def compute_losses(self, batch, step: int) -> tuple[dict, dict, dict]:
@@ -212,11 +233,27 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         else:
             loss.backward()
         cams = getattr(batch, "cams", batch)
-        self.strategy.accumulate(step, out["means2d"].grad, out["radii"], cams.width, cams.height)
+        m2d, radii = out["means2d"].grad, out["radii"]
+        if self.processes > 1:
+            m2d, radii = self.average_over_ranks(step, optimizer, m2d, radii)
+        self.strategy.accumulate(step, m2d, radii, cams.width, cams.height)
         for group in optimizer.param_groups:
             if group.get("name") == "means":
                 group["lr"] = self.geometry.means_lr(step)
         return {"loss": loss, "losses": losses, "logs": logs}
+
+    def average_over_ranks(self, step: int, optimizer, means2d_grad, radii) -> tuple:
+        """Data-parallel: average every trained parameter's gradient over the ranks and, while the densify
+        statistics are collected, the view-summed screen-space gradient ([1, N, 2]) and the view-wise
+        maximum radii ([1, N], maximum over the ranks). Each rank's loss is the mean over its share of
+        the views, so the averages equal the one-process gradients of the whole batch.
+        Returns ``(means2d_grad, radii)`` for :meth:`DensifyStrategy.accumulate`."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not self.strategy.collects(step) or means2d_grad is None:
+            average_gradients(params, [])
+            return means2d_grad, radii
+        (g,) = average_gradients(params, [means2d_grad.sum(0, keepdim=True)])
+        return g, all_reduce_max(radii.float().amax(0, keepdim=True))
 
     def training_step(self, batch, batch_idx):
         opt = self.optimizers()  # LightningOptimizer: its step() advances global_step
@@ -238,11 +275,30 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         info = self.strategy.step(step, self.geometry, optimizer)
         if info:
             self.report(f"step {step}: densify/prune {info}")
+            if self.processes > 1:
+                self.check_replicas(step, optimizer)
+
+    def check_replicas(self, step: int, optimizer) -> None:
+        """Compare the checksums of every trained parameter over the ranks (a collective) and record them.
+
+        Raises:
+            RuntimeError: the replicas differ (a densify decision or an update was not the same on
+                every rank); training stops rather than go on with diverged avatars.
+        """
+        sums = replica_checksums([p for group in optimizer.param_groups for p in group["params"]])
+        self.replica_checks.append({"step": step, "points": self.geometry.num_points, "checksums": sums})
+        if len(set(sums)) != 1:
+            raise RuntimeError(
+                f"step {step}: the data-parallel replicas diverged (parameter checksums by rank: {sums}); "
+                "please report this with the run's configs/parsed.yaml"
+            )
 
     # ------------------------------------------------------------------ Lightning plumbing
     def on_fit_start(self) -> None:
         self._tick("setup")
         self.apply_budget(self.device)
+        if self.processes > 1:  # each rank its own SDS noise and timesteps, as views of one batch have
+            pl.seed_everything(torch.initial_seed() + self.global_rank, verbose=False)
 
     def configure_optimizers(self):
         groups = self.geometry.param_groups()
@@ -290,7 +346,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._write_timings()
 
     def _write_timings(self) -> None:
-        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()})
+        extra = {"replicas": {"processes": self.processes, "checks": self.replica_checks}} if self.processes > 1 else {}
+        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()}, **extra)
 
     def prepare_train_batch(self, batch):
         """CPU-side work on a training batch before it moves to the GPU (identity here). Runs while
@@ -304,7 +361,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
-        self._val_images.append(self.render(batch)["comp_rgb"][0].cpu())
+        if self.is_writer:  # rank 0 renders and writes the validation grid
+            self._val_images.append(self.render(batch)["comp_rgb"][0].cpu())
 
     def on_validation_epoch_end(self) -> None:
         imgs = self._val_images
@@ -316,11 +374,12 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     @torch.no_grad()
     def test_step(self, batch, batch_idx):
-        self._test_frames.append(self.render(batch)["comp_rgb"][0].cpu())
+        if self.is_writer:  # rank 0 renders and writes the turntable
+            self._test_frames.append(self.render(batch)["comp_rgb"][0].cpu())
 
     def on_test_epoch_end(self) -> None:
         frames = self._test_frames
-        if frames:
+        if frames:  # rank 0 only (test_step)
             save_video(self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps)
             self.write_manifest(turntable="save/turntable.mp4")
         self._test_frames = []
@@ -335,7 +394,9 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._write_timings()
 
     def export(self) -> None:
-        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest."""
+        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest (rank 0 only)."""
+        if not self.is_writer:
+            return
         self.geometry.save_ply(self.save_path("avatar.ply"))
         if self.appearance is not None:
             self.appearance.save(self.save_path("avatar" + SPECULAR_SUFFIX))

@@ -55,8 +55,16 @@ class TrainerConfig:
     """Optimiser steps of the stage."""
     accelerator: str = "auto"
     """Lightning accelerator; ``auto`` picks CUDA when present."""
-    devices: Any = 1
-    """Lightning devices (GPUs per run)."""
+    devices: int = 1
+    """Devices per machine: GPUs (with ``accelerator: cpu``, processes). More than one trains the one avatar
+    data-parallel (DDP): the views of each step are split over the processes, whose gradients and
+    densify statistics are averaged. Pick the GPUs with ``CUDA_VISIBLE_DEVICES``."""
+    num_nodes: int = 1
+    """Machines of a multi-machine DDP run (each started by your cluster, e.g. ``srun``; needs an explicit
+    ``trial_dir`` on a file system they all see)."""
+    strategy: str = "auto"
+    """``auto``: one process when ``devices × num_nodes`` is 1, else data-parallel; ``ddp``: always
+    data-parallel (one process per device; :class:`~threestudio.utils.distributed.GaussianDDPStrategy`)."""
     precision: str = "32-true"
     """``bf16-mixed`` on GPU (no GradScaler, so 2-D mean gradients stay unscaled, method §2.4)."""
     val_check_interval: int = 100

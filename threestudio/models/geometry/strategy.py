@@ -63,6 +63,9 @@ class DensifyPolicy:
     """Prune-only: remove Gaussians whose largest scale exceeds this (world units); <=0 disables."""
     max_screen_size: float = 0.0
     """Also prune Gaussians whose 2-D radius exceeded this many pixels; 0 disables (reference)."""
+    seed: int = 0
+    """Seed of the split children's centres; each event draws from its own generator seeded with it and
+    the step, so every replica of a data-parallel run (and a resumed run) draws the same ones."""
     max_points: int = 1_000_000
     """Cap on the Gaussian count: an event grows at most up to it, the candidates with the largest mean
     gradient first. Sized so that every stage at paper settings stays within 24 GB (bench/full_pipeline.py)."""
@@ -80,10 +83,15 @@ class DensifyStrategy:
         self.denom = torch.zeros(n, device=device)
         self.max_radii = torch.zeros(n, device=device)
 
+    def collects(self, step: int) -> bool:
+        """Whether :meth:`accumulate` uses the statistics of ``step``."""
+        return step <= self.cfg.stats_until
+
     @torch.no_grad()
     def accumulate(self, step: int, means2d_grad, radii, width: int, height: int) -> None:
-        """Add one step's statistics. ``means2d_grad`` [B, N, 2] dL/d(pixel), ``radii`` [B, N]."""
-        if step > self.cfg.stats_until or means2d_grad is None:
+        """Add one step's statistics. ``means2d_grad`` [B, N, 2] dL/d(pixel), ``radii`` [B, N] (B may be 1:
+        the view-summed gradient and the view-wise maximum radii of a data-parallel step)."""
+        if not self.collects(step) or means2d_grad is None:
             return
         n = radii.shape[1]
         if self.grad_accum.shape[0] != n:
@@ -109,7 +117,9 @@ class DensifyStrategy:
             thr = c.grad_threshold if c.select is DensifySelect.gradient else float(torch.finfo(torch.float32).tiny)
             clone, split = densify_masks(grad_mean, max_scale, thr, c.percent_dense * c.scene_extent)
             clone, split = cap_growth(grad_mean, clone, split, c.max_points - model.num_points, c.n_split)
-            new = {k: torch.cat([params[k][clone], v]) for k, v in split_children(params, split, c.n_split).items()}
+            gen = torch.Generator(device=model.means.device).manual_seed(c.seed * 1_000_003 + step)
+            children = split_children(params, split, c.n_split, gen)
+            new = {k: torch.cat([params[k][clone], v]) for k, v in children.items()}
             keep = ~split
             _edit(model, optimizer, keep, new)
             n_after_grow = model.num_points
