@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from threestudio.utils.errors import UserError
-from threestudio.utils.io import atomic_path, atomic_write_text
+from threestudio.utils.io import atomic_path, atomic_write_text, read_first_frame
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ("prompt", "portrait", "status", "minutes", "avatar", "turntable", "run_dir", "error")
@@ -260,8 +260,6 @@ def write_summary(out: Path, rows: list[dict]) -> str:
 def contact_sheet(out: Path, rows: list[dict], tile: int = 256) -> Path:
     """``out/contact_sheet.png``: the first turntable frame (the front view) of every pair, captioned
     with its prompt, portrait and status; a grey tile where there is no avatar."""
-    import imageio.v2 as iio2
-    import numpy as np
     from PIL import Image, ImageDraw
 
     cols = max(1, math.ceil(math.sqrt(len(rows))))
@@ -270,17 +268,15 @@ def contact_sheet(out: Path, rows: list[dict], tile: int = 256) -> Path:
     draw = ImageDraw.Draw(sheet)
     for i, r in enumerate(rows):
         x, y = (i % cols) * tile, (i // cols) * (tile + cap)
-        img = Image.new("RGB", (tile, tile), (128, 128, 128))
+        img, note = Image.new("RGB", (tile, tile), (128, 128, 128)), r["status"]
         if r.get("turntable") and Path(r["turntable"]).is_file():
-            reader = iio2.get_reader(r["turntable"], format="FFMPEG")
             try:
-                frame = np.asarray(reader.get_data(0))
-            finally:
-                reader.close()
-            img = Image.fromarray(frame[..., :3]).resize((tile, tile))
+                img = Image.fromarray(read_first_frame(r["turntable"])).resize((tile, tile))
+            except UserError:  # one unreadable video does not cost the sheet
+                note += ", video unreadable"
         sheet.paste(img, (x, y))
         draw.text((x + 4, y + tile + 2), r["prompt"][:40], fill="black")
-        draw.text((x + 4, y + tile + 17), f"{Path(r['portrait']).name} - {r['status']}", fill="black")
+        draw.text((x + 4, y + tile + 17), f"{Path(r['portrait']).name} - {note}", fill="black")
     path = out / "contact_sheet.png"
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")

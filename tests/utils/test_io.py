@@ -1,4 +1,5 @@
-"""Safe ``.npz`` reading shared by the motion, body-template and SMPL-X loaders."""
+"""``utils/io``: safe ``.npz`` reading (motion, body-template and SMPL-X loaders), the background writer,
+the compile-cache folder, and reading back the videos ``save_video`` writes."""
 
 import numpy as np
 import pytest
@@ -51,3 +52,24 @@ def test_compile_cache_goes_under_the_project_cache_unless_the_user_chose_one(tm
     assert persist_compile_cache() == tmp_path / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert persist_compile_cache() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("ffmpeg", [True, False], ids=["imageio-ffmpeg", "opencv"])
+def test_first_frame_of_a_saved_video_with_either_codec_stack(tmp_path, monkeypatch, ffmpeg):
+    """Without imageio-ffmpeg (as on machines that lack it) save_video writes, and read_first_frame reads,
+    with OpenCV; a file that is not a video is one clear error."""
+    import sys
+
+    from threestudio.utils.io import read_first_frame, save_video
+
+    if not ffmpeg:
+        monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails
+    frames = [np.zeros((32, 48, 3), np.uint8) for _ in range(3)]
+    frames[0][:, :24] = (250, 20, 20)  # left half red in the first frame only
+    save_video(tmp_path / "v.mp4", frames, fps=10)
+    first = read_first_frame(tmp_path / "v.mp4").astype(int)
+    assert first.shape == (32, 48, 3)
+    assert first[16, 8, 0] > 180 and first[16, 8, 1] < 80 and first[16, 40].max() < 60  # red left, black right
+    (tmp_path / "bad.mp4").write_text("not a video")
+    with pytest.raises(UserError, match="cannot read a frame"):
+        read_first_frame(tmp_path / "bad.mp4")

@@ -134,6 +134,36 @@ def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
             w.close()
 
 
+def read_first_frame(path: str | Path) -> np.ndarray:
+    """The first frame of a video as a [H, W, 3] uint8 RGB array, with the decoder :func:`save_video`
+    wrote it with: imageio's ffmpeg when ``imageio-ffmpeg`` is installed, else OpenCV.
+
+    Raises:
+        UserError: the file cannot be decoded.
+    """
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        import cv2
+
+        cap = cv2.VideoCapture(str(path))
+        ok, frame = cap.read()
+        cap.release()
+        if not ok:
+            raise UserError(f"{path}: cannot read a frame of this video") from None
+        return np.ascontiguousarray(frame[..., ::-1])
+    import imageio.v2 as iio2
+
+    try:
+        reader = iio2.get_reader(str(path), format="FFMPEG")
+        try:
+            return np.asarray(reader.get_data(0))[..., :3]
+        finally:
+            reader.close()
+    except (OSError, IndexError, RuntimeError) as e:
+        raise UserError(f"{path}: cannot read a frame of this video ({e})") from None
+
+
 def read_npz(path: str | Path, what: str, skip_pickled: bool = False, hint: str = "") -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file, read with ``allow_pickle=False``: a file someone sent never runs
     code when loaded.
