@@ -40,6 +40,7 @@ def launch_rank() -> int:
 
 
 def is_initialized() -> bool:
+    """Whether a default ``torch.distributed`` process group exists (Lightning made one)."""
     return dist.is_available() and dist.is_initialized()
 
 
