@@ -186,8 +186,8 @@ def run(args) -> int:
         return 0
 
     processes = data_parallel_processes(cfg, data, mode)
-    trial_dir = prepare_trial_dir(cfg, trial_dir, mode)
     lead = launch_rank() == 0  # the other ranks of a data-parallel run write nothing of their own
+    trial_dir = prepare_trial_dir(cfg, trial_dir, mode, lead)
     if lead and mode == "train":
         dump_config(trial_dir / "configs" / "parsed.yaml", cfg)
         atomic_write_text(trial_dir / "cmd.txt", " ".join(map(str, sys.argv)) + "\n")
@@ -236,8 +236,8 @@ def data_parallel_processes(cfg, data, mode: str) -> int:
     return processes
 
 
-def prepare_trial_dir(cfg, trial_dir: Path | None, mode: str) -> Path:
-    """The run's trial directory, created by rank 0 only (and published to the ranks it starts).
+def prepare_trial_dir(cfg, trial_dir: Path | None, mode: str, lead: bool) -> Path:
+    """The run's trial directory, created by rank 0 (``lead``) only and published to the ranks it starts.
 
     An explicit ``trial_dir`` (run.sh) that already exists is moved aside, never overwritten; without
     one, ``<exp_root_dir>/<name>/<tag>@<timestamp>``. The other ranks of a data-parallel run take rank
@@ -247,10 +247,9 @@ def prepare_trial_dir(cfg, trial_dir: Path | None, mode: str) -> Path:
         UserError: a rank other than 0 without a trial directory to join (a multi-machine run needs an
             explicit ``trial_dir=`` on a shared file system).
     """
-    from threestudio.utils.distributed import TRIAL_DIR_ENV, launch_rank
+    from threestudio.utils.distributed import TRIAL_DIR_ENV
     from threestudio.utils.errors import UserError
 
-    lead = launch_rank() == 0
     if trial_dir is None and cfg.trial_dir:  # an explicit trial directory (run.sh pipelines)
         trial_dir = Path(cfg.trial_dir)
         if lead and mode == "train" and trial_dir.exists():  # keep the earlier result: move it aside

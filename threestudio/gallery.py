@@ -191,6 +191,11 @@ def _cuda_devices() -> int:
         return 0
 
 
+def run_flags(args) -> list[str]:
+    """The run.sh options every avatar of the gallery gets (``--tiny``, ``--specular``)."""
+    return (["--tiny"] if args.tiny else []) + (["--specular"] if args.specular else [])
+
+
 def run_gallery(args, pairs: list[Pair]) -> list[dict]:
     """Run the pairs not finished yet on Dask and return every pair's summary row, in list order."""
     from distributed import as_completed
@@ -210,9 +215,9 @@ def run_gallery(args, pairs: list[Pair]) -> list[dict]:
     client, what = start_client(args)
     try:
         print(f"gallery: running on {what}", flush=True)
-        threads = max(1, (os.cpu_count() or 1) // max(1, len(client.scheduler_info()["workers"])))
-        threads = threads if args.tiny else 0
-        flags = (["--tiny"] if args.tiny else []) + (["--specular"] if args.specular else [])
+        workers = max(1, len(client.scheduler_info()["workers"]))
+        threads = max(1, (os.cpu_count() or 1) // workers) if args.tiny else 0  # CPU runs share the cores
+        flags = run_flags(args)
         futures = {
             client.submit(
                 run_pair, asdict(p), str(out / p.key), flags, args.overrides, threads, key=f"avatar-{p.key}", pure=False
@@ -313,8 +318,7 @@ def main(argv=None) -> int:
         bad = [o for o in args.overrides if "=" not in o]
         if bad:
             raise UserError(f"{bad[0]!r} is not an override (key=value, e.g. s1:trainer.max_steps=1200)")
-        options = (["--tiny"] if args.tiny else []) + (["--specular"] if args.specular else []) + args.overrides
-        pairs = read_pairs(args.prompts, args.images, options)[: args.limit or None]
+        pairs = read_pairs(args.prompts, args.images, run_flags(args) + args.overrides)[: args.limit or None]
         rows = run_gallery(args, pairs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

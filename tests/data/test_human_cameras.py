@@ -30,13 +30,14 @@ def test_data_parallel_ranks_share_out_the_one_process_batches():
     from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
     from threestudio.ops.camera import Cameras
     from threestudio.utils.config import parse_structured
+    from threestudio.utils.distributed import rank_slice
 
     cfg = parse_structured(HumanCameraConfig, {"head_steps": [0, 99], "back_steps": [0, 99], "height": 8, "width": 8})
     one = iter(RandomHumanCameras(cfg))
     ranks = []
     for r in range(2):
         ds = RandomHumanCameras(cfg)
-        ds.shard(r, 2)
+        ds.views = rank_slice(4, r, 2)
         ranks.append(iter(ds))
     for _ in range(12):
         whole = next(one)

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 import threestudio
 from threestudio.ops.camera import Cameras, orbit_cameras, ring_cameras, stratified_azimuths
 from threestudio.utils.config import parse_structured
-from threestudio.utils.distributed import rank_slice
+from threestudio.utils.distributed import rank_share
 
 
 @dataclass
@@ -80,24 +80,16 @@ def _u(lo_hi, n: int, g: torch.Generator) -> torch.Tensor:
 class RandomHumanCameras(IterableDataset):
     """Infinite stream of training batches (method §3.2); call :meth:`update_step` every step.
 
-    In a data-parallel run (:meth:`shard`) every rank draws the same global batch of ``batch_size``
-    views (same seed) and yields its own contiguous share, so the processes together train on exactly
-    the views one process would."""
+    In a data-parallel run (``views``: the rank's share) every rank draws the same global batch of
+    ``batch_size`` views (same seed) and yields its own contiguous share, so the processes together
+    train on exactly the views one process would."""
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
         self.step = 0
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.views = slice(None)
-        """This rank's share of each global batch (:meth:`shard`)."""
-
-    def shard(self, rank: int, processes: int) -> None:
-        """Yield only ``rank``'s share of each batch of ``batch_size`` views.
-
-        Raises:
-            UserError: ``batch_size`` is not a multiple of ``processes``.
-        """
-        self.views = rank_slice(self.cfg.batch_size, rank, processes)
+        """This rank's share of each global batch (:func:`~threestudio.utils.distributed.rank_slice`)."""
 
     def update_step(self, step: int) -> None:
         self.step = step
@@ -193,12 +185,8 @@ class HumanCameraDataModule(pl.LightningDataModule):
         """(config key, value) of the global batch that a data-parallel run splits over its processes."""
         return "batch_size", self.cfg.batch_size
 
-    def setup(self, stage: str) -> None:
-        t = self.trainer
-        if t is not None:
-            self.train_dataset.shard(t.global_rank, t.world_size)
-
     def train_dataloader(self):
+        self.train_dataset.views = rank_share(self.trainer, self.cfg.batch_size)
         return DataLoader(self.train_dataset, batch_size=None, num_workers=0, collate_fn=_identity)
 
     def val_dataloader(self):

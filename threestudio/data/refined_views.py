@@ -24,7 +24,7 @@ from threestudio.data.human_cameras import (
 from threestudio.ops.camera import Cameras
 from threestudio.ops.losses import common_size_boxes
 from threestudio.utils.config import parse_structured
-from threestudio.utils.distributed import rank_slice
+from threestudio.utils.distributed import rank_share
 from threestudio.utils.typing import Int, Tensor, UInt8
 
 
@@ -92,16 +92,10 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "data")
         self._data = None
-        self._views = slice(None)
 
     def views_per_step(self) -> tuple[str, int]:
         """(config key, value) of the global batch that a data-parallel run splits over its processes."""
         return "batch_views", self.cfg.batch_views
-
-    def setup(self, stage: str) -> None:
-        t = self.trainer
-        if t is not None:
-            self._views = rank_slice(self.cfg.batch_views, t.global_rank, t.world_size)
 
     def _load(self):
         if self._data is None:
@@ -115,7 +109,9 @@ class RefinedViewsDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         cams, images, bbox = self._load()
         return DataLoader(
-            RandomTargets(cams, images, bbox, self.cfg.batch_views, self.cfg.seed, self._views),
+            RandomTargets(
+                cams, images, bbox, self.cfg.batch_views, self.cfg.seed, rank_share(self.trainer, self.cfg.batch_views)
+            ),
             batch_size=None,
             collate_fn=_identity,
         )

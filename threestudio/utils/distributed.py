@@ -69,6 +69,16 @@ def rank_slice(views: int, rank: int, processes: int) -> slice:
     return slice(rank * share, (rank + 1) * share)
 
 
+def rank_share(trainer, views: int) -> slice:
+    """The share of ``trainer``'s rank in a global batch of ``views`` (:func:`rank_slice`); all of the
+    views without a trainer (a data module used on its own).
+
+    Raises:
+        UserError: ``views`` is not a multiple of the trainer's world size.
+    """
+    return slice(None) if trainer is None else rank_slice(views, trainer.global_rank, trainer.world_size)
+
+
 @torch.no_grad()
 def average_gradients(params: list[torch.Tensor], extra: list[torch.Tensor]) -> list[torch.Tensor]:
     """Mean over all ranks of every parameter's ``.grad`` and of the ``extra`` tensors, in one all-reduce
