@@ -25,6 +25,7 @@ from threestudio.ops.camera import Cameras
 from threestudio.ops.losses import common_size_boxes
 from threestudio.utils.config import parse_structured
 from threestudio.utils.distributed import rank_share
+from threestudio.utils.gpu import to_device_async
 from threestudio.utils.typing import Int, Tensor, UInt8
 
 
@@ -40,8 +41,10 @@ class TargetBatch:
     index: Int[Tensor, " B"]
 
     def to(self, device) -> TargetBatch:
-        images = None if self.images is None else self.images.to(device)
-        return TargetBatch(self.cams.to(device), images, self.bbox, self.index)
+        """``cams`` and ``images`` on ``device`` (without making the host wait), and ``index`` too (it
+        picks the resident targets there); ``bbox`` stays on the CPU (it sizes the crops)."""
+        images = None if self.images is None else to_device_async(self.images, device)
+        return TargetBatch(self.cams.to(device), images, self.bbox, to_device_async(self.index, device))
 
     def __len__(self) -> int:
         return len(self.cams)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from threestudio.utils.gpu import to_device_async
 from threestudio.utils.typing import Float, Tensor
 
 
@@ -51,8 +52,7 @@ def c2w_gl_to_w2c_cv(c2w: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B 4 4"]:
 
     Unlike the reference (method §3.1), the whole rigid inverse is used, so any translation works.
     """
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=c2w.dtype, device=c2w.device))
-    c2w_cv = c2w @ flip
+    c2w_cv = torch.cat([c2w[..., :1], -c2w[..., 1:3], c2w[..., 3:]], dim=-1)  # c2w @ diag(1, -1, -1, 1)
     R, t = c2w_cv[:, :3, :3], c2w_cv[:, :3, 3:]
     w2c = torch.eye(4, dtype=c2w.dtype, device=c2w.device).repeat(c2w.shape[0], 1, 1)
     w2c[:, :3, :3] = R.transpose(1, 2)
@@ -135,7 +135,8 @@ class Cameras:
         return intrinsics(self.fovy_rad, self.height, self.width)
 
     def to(self, device) -> Cameras:
-        return replace(self, **{k: getattr(self, k).to(device) for k in _PER_VIEW})
+        """The same views on ``device`` (to a GPU without making the host wait: :func:`to_device_async`)."""
+        return replace(self, **{k: to_device_async(getattr(self, k), device) for k in _PER_VIEW})
 
     def resized(self, height: int, width: int) -> Cameras:
         """Same views at another resolution (the field of view is kept)."""

@@ -16,6 +16,7 @@ from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.sds import sparsity_loss
 from threestudio.systems.base import GaussianSystem
 from threestudio.utils.errors import MissingModelError
+from threestudio.utils.gpu import to_device_async
 
 
 @dataclass
@@ -31,11 +32,8 @@ class GuidedViews:
     prompts: list[str]
 
     def to(self, device) -> GuidedViews:
-        """Move to ``device``; to a GPU the skeletons go from pinned memory without blocking the host."""
-        pose = self.pose
-        if torch.device(device).type == "cuda" and pose.device.type == "cpu":
-            pose = pose.pin_memory()
-        return GuidedViews(self.cams.to(device), pose.to(device, non_blocking=True), self.prompts)
+        """Move to ``device``; to a GPU without blocking the host (:func:`to_device_async`)."""
+        return GuidedViews(self.cams.to(device), to_device_async(self.pose, device), self.prompts)
 
     def __len__(self) -> int:
         return len(self.cams)

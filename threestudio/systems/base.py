@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from threestudio.models.renderers.base import render_avatar, resolve_renderer_ty
 from threestudio.utils.config import check_plugin_config, parse_structured
 from threestudio.utils.distributed import all_reduce_max, average_gradients, replica_checksums
 from threestudio.utils.errors import ConfigError
-from threestudio.utils.gpu import MemoryBudget
+from threestudio.utils.gpu import MemoryBudget, to_device_async
 from threestudio.utils.io import BackgroundWriter, save_image, save_video
 
 
@@ -176,6 +177,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         """Wall seconds per phase (``setup``, ``train`` without validation, ``validation``, ``test``),
         written to the manifest as ``timings_s``."""
         self._t: dict[str, float] = {}
+        self._step_ends: list[float] = []
+        """Host clock at the end of each training step (``step_ms`` of the manifest)."""
 
     def report(self, msg: str) -> None:
         self.print(msg) if self._trainer is not None else print(msg)
@@ -265,7 +268,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
             "train/loss": res["loss"].detach(),
             **{f"train/{k}": v.detach() for k, v in res["losses"].items()},
             **{f"train/{k}": v for k, v in res["logs"].items()},
-            "train/points": float(self.geometry.num_points),
+            # a device tensor copied without a host sync (Lightning would copy a float synchronously)
+            "train/points": to_device_async(torch.tensor(float(self.geometry.num_points)), self.device),
         }
         self.log_dict(logs, on_step=True, batch_size=len(batch))
         return res["loss"].detach()
@@ -331,6 +335,25 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
     def on_train_start(self) -> None:
         self._tock("setup")
         self._tick("train")
+        self._step_ends = [time.perf_counter()]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self._step_ends.append(time.perf_counter())
+
+    def step_times(self) -> dict:
+        """Wall milliseconds per training step from the host clock (no device synchronisation; a step
+        that renders with gsplat waits for the previous one, so this tracks the GPU): ``first`` (model
+        warm-up: compilation, CUDA-graph capture), ``median`` of the later steps and ``p90``."""
+        ms = [1e3 * (b - a) for a, b in itertools.pairwise(self._step_ends)]
+        if not ms:
+            return {}
+        rest = sorted(ms[1:]) or ms
+        return {
+            "first": round(ms[0], 1),
+            "median": round(rest[len(rest) // 2], 1),
+            "p90": round(rest[int(0.9 * (len(rest) - 1))], 1),
+            "steps": len(ms),
+        }
 
     def on_validation_start(self) -> None:
         self._tick("validation")
@@ -347,7 +370,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     def _write_timings(self) -> None:
         extra = {"replicas": {"processes": self.processes, "checks": self.replica_checks}} if self.processes > 1 else {}
-        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()}, **extra)
+        steps = {"step_ms": self.step_times()} if len(self._step_ends) > 1 else {}
+        self.write_manifest(timings_s={k: round(v, 2) for k, v in self.timings.items()}, **steps, **extra)
 
     def prepare_train_batch(self, batch):
         """CPU-side work on a training batch before it moves to the GPU (identity here). Runs while

@@ -20,6 +20,17 @@ GIB = 2**30
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def to_device_async(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t.to(device)`` that does not make the host wait for the GPU: a CPU tensor bound for a CUDA
+    device is copied from pinned (page-locked) memory without blocking. A plain ``.to('cuda')`` of
+    pageable memory synchronises the host with the device's stream, which empties the queue of work
+    the host had launched ahead. The copy is stream-ordered, so kernels launched after it see the data.
+    Other moves are plain ``.to``."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def resolve_dtype(device: torch.device | str, requested: str = "auto") -> torch.dtype:
     """Compute dtype of the frozen diffusion networks on ``device``.
 

@@ -24,7 +24,7 @@ from threestudio.models.guidance.hub import download_hint, is_available
 from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
-from threestudio.utils.gpu import resolve_dtype
+from threestudio.utils.gpu import resolve_dtype, to_device_async
 from threestudio.utils.io import persist_compile_cache
 from threestudio.utils.typing import Float, Tensor
 
@@ -417,7 +417,7 @@ class FaceIDControlNetGuidance(BaseObject):
         if not hasattr(self, "schedule") or self.schedule.n_steps != self.cfg.n_steps:
             self.schedule = AHDSSchedule(self.cfg.n_steps, self.cfg.max_t)
         latents = self.encode_images(rgb)
-        t = self.schedule.sample(step, B).to(self.device)
+        t = to_device_async(self.schedule.sample(step, B), self.device)
         with torch.no_grad():
             z0 = latents.detach().to(self.dtype)  # fp16 path: the latents leave encode_images in fp32
             noise = torch.randn_like(z0)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from threestudio.models.geometry.gaussian_model import GaussianModel, PosedGaussians
 from threestudio.ops.camera import Cameras
 from threestudio.utils.base import BaseObject
+from threestudio.utils.typing import Tensor
 
 
 class Renderer(BaseObject):
@@ -31,6 +34,15 @@ class Renderer(BaseObject):
 
     def render(self, model: GaussianModel | PosedGaussians, cameras: Cameras, colors=None) -> dict:
         raise NotImplementedError
+
+    def background(self, device) -> Tensor:
+        """``background`` as a float32 [3] tensor on ``device``, made once per device (a fresh host-to-GPU
+        copy every render would make the host wait for the GPU)."""
+        cache = self.__dict__.setdefault("_background", {})  # BaseObject has no __init__ hook for it
+        key = str(device)
+        if key not in cache:
+            cache[key] = torch.as_tensor(list(self.cfg.background), dtype=torch.float32, device=device)
+        return cache[key]
 
 
 def resolve_renderer_type(name: str, device_type: str) -> str:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import threestudio
 from threestudio.models.geometry.gaussian_model import GaussianModel, PosedGaussians
 from threestudio.models.renderers.base import Renderer
@@ -38,7 +36,7 @@ class GsplatRenderer(Renderer):
             raise UserError("gsplat-renderer needs the Gaussians on a CUDA device; on CPU use torch-splat-renderer")
         colors = model.colors if colors is None else colors
         B = len(cameras)
-        bg = torch.as_tensor(list(self.cfg.background), dtype=torch.float32, device=model.means.device)
+        bg = self.background(model.means.device)
         rgbd, alpha, info = rasterization(
             means=model.means,
             quats=model.rotations,
