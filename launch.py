@@ -13,6 +13,7 @@
     python launch.py --show-config gsplat-renderer            # a plugin's options, defaults and docstrings
     python launch.py --show-config configs/ahds.yaml          # a stage's options with that file's values
     python launch.py --config configs/ahds.yaml --train trainer.devices=4 ...   # one avatar on 4 GPUs (DDP)
+    python launch.py <launch 1> --then <launch 2> ...   # one after another in one process (run.sh's stages)
 
 Every run writes a new trial directory <exp_root_dir>/<name>/<tag>@<timestamp>/ with
 configs/parsed.yaml, ckpts/last.ckpt, save/ (avatar.ply, turntable.mp4, validation renders) and
@@ -61,6 +62,7 @@ def parse_args(argv=None):
     )
     ap.add_argument("--resume", default=None, help="trial directory or .ckpt to continue from / evaluate")
     ap.add_argument("--verbose", action="store_true", help="show library warnings and full tracebacks")
+    ap.add_argument("--banner", default="", help="a line to print when this launch starts (run.sh's stage titles)")
     ap.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. trainer.max_steps=100")
     return ap.parse_args(argv)
 
@@ -86,8 +88,54 @@ def new_trial_dir(cfg) -> Path:
     return d
 
 
+CHAIN = "--then"
+"""Separates the launches of one ``launch.py`` call that run one after another in this process."""
+
+
 def main(argv=None) -> int:
+    """Run one launch, or several separated by ``--then`` one after another in this process (run.sh's
+    stages: one Python start-up, one CUDA context, compiled kernels loaded once). The chain stops at the
+    first launch that fails and returns its exit status; GPU memory is released between launches."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if CHAIN not in argv:
+        return _main_one(argv)
+    segments, cur = [], []
+    for a in argv:
+        if a == CHAIN:
+            segments.append(cur)
+            cur = []
+        else:
+            cur.append(a)
+    segments.append(cur)
+    for i, seg in enumerate(segments):
+        rc = _main_one(seg, chained=True)
+        if rc:
+            return rc
+        if i + 1 < len(segments):
+            release_gpu_memory()
+    return 0
+
+
+def release_gpu_memory() -> None:
+    """Free what a finished launch left on the GPU before the next one of a chain: compiled code (it holds
+    the stage's networks), cached allocator blocks, and the peak statistics each stage reports."""
+    import gc
+
+    import torch
+
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _main_one(argv, chained: bool = False) -> int:
     args = parse_args(argv)
+    args.chained = chained
+    if args.banner:
+        print(args.banner, flush=True)
     if not args.verbose:
         warnings.filterwarnings("ignore")
         for name in ("diffusers", "transformers", "lightning", "pytorch_lightning", "lightning.pytorch"):
@@ -186,6 +234,11 @@ def run(args) -> int:
         return 0
 
     processes = data_parallel_processes(cfg, data, mode)
+    if processes > 1 and getattr(args, "chained", False):
+        raise UserError(
+            f"a data-parallel launch ({processes} processes) cannot follow or precede others with {CHAIN}: "
+            "give it a launch.py call of its own (run.sh --gpus does)"
+        )
     lead = launch_rank() == 0  # the other ranks of a data-parallel run write nothing of their own
     trial_dir = prepare_trial_dir(cfg, trial_dir, mode, lead)
     if lead and mode == "train":

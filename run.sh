@@ -67,16 +67,16 @@ for_stage() {  # N overrides... -> the overrides for stage N (prefix s<N>: remov
     if [[ "$o" =~ ^s[123]: ]]; then [[ "${o:1:1}" == "$n" ]] && printf '%s\n' "${o:3}"; else printf '%s\n' "$o"; fi
   done
 }
+chain=()  # the launches, separated by --then: one Python process runs them one after another
 stage() {  # stage N config [args...]
   local n="$1" name="$2"; shift 2
   mapfile -t c < <(cfgs "$name")
-  echo "== stage $n/3: $name -> $run_dir/stage$n"
-  "$py" "$here/launch.py" "${c[@]}" --train "trial_dir=$run_dir/stage$n" "$@"
+  chain+=(--then "${c[@]}" --banner "== stage $n/3: $name -> $run_dir/stage$n" --train "trial_dir=$run_dir/stage$n" "$@")
 }
 if [[ $from -le 2 ]]; then  # stage 3's model files (LPIPS-VGG) are checked before hours of stages 1-2
   mapfile -t c < <(cfgs reconstruct)
   mapfile -t o3 < <(for_stage 3 "$@")
-  "$py" "$here/launch.py" "${c[@]}" --check "system.init_from=$run_dir/stage2" "${o3[@]}" >/dev/null
+  chain+=(--then "${c[@]}" --check "system.init_from=$run_dir/stage2" "${o3[@]}")
 fi
 if [[ $from -le 1 ]]; then
   mapfile -t o < <(for_stage 1 "$@")
@@ -88,6 +88,14 @@ if [[ $from -le 2 ]]; then
 fi
 mapfile -t o < <(for_stage 3 "$@")
 stage 3 reconstruct "system.init_from=$run_dir/stage2" "${o[@]}"
+if [[ $gpus == 1 ]]; then
+  "$py" "$here/launch.py" "${chain[@]:1}"
+else  # a data-parallel stage needs a launch.py process of its own (Lightning starts its ranks from it)
+  seg=()
+  for a in "${chain[@]:1}" --then; do
+    if [[ "$a" == --then ]]; then "$py" "$here/launch.py" "${seg[@]}"; seg=(); else seg+=("$a"); fi
+  done
+fi
 echo
 echo "stage 1 (AHDS):           $run_dir/stage1/save/avatar.ply, turntable.mp4"
 echo "stage 2 (refined views):  $run_dir/stage2/save/views/refined_*.png"

@@ -159,6 +159,7 @@ def main():
             "peak_device_used_gib": sampler.peak_gib(t_a, t_b),
             "num_gaussians": man.get("num_gaussians"),
             "timings_s": man.get("timings_s"),
+            "step_ms": man.get("step_ms"),
         }
     densify = [ln.strip() for ln in log if "densify/prune" in ln]
     res["stages"], res["densify_events"] = stages, densify

@@ -205,6 +205,30 @@ def test_missing_lpips_weights_stop_stage_3_before_anything_is_written(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, tmp_path, capsys):
+    check = ["--config", REPO / "configs/reconstruct.yaml", "--check", "system.init_from=later"]
+    stage1 = ["--banner", "== first", *tiny_stage1_args(tmp_path / "a", steps=2)]
+    # a failing check first: the chain stops with its status; the stage-1 launch after it never starts
+    bad = [*check, f"system.lpips.vgg_path={tmp_path / 'none.pth'}"]
+    rc, out, err = main([*bad, "--then", *stage1], capsys)
+    assert rc == 2 and "LPIPS backbone" in err and "== first" not in out
+    assert not (tmp_path / "a").exists()
+    # check, then two stage-1 launches in this one process: each its own trial, banners in order
+    stage1b = ["--banner", "== second", *tiny_stage1_args(tmp_path / "b", steps=3)]
+    rc, out, err = main([*check, "system.lambda_lpips=0", "--then", *stage1, "--then", *stage1b], capsys)
+    assert rc == 0, err[-3000:]
+    assert out.index("config and model files OK") < out.index("== first") < out.index("== second")
+    for root, steps in ((tmp_path / "a", 2), (tmp_path / "b", 3)):
+        (trial,) = trials(root)
+        man = json.loads((trial / "manifest.json").read_text())
+        assert man["step"] == steps and man["step_ms"]["steps"] == steps and man["step_ms"]["median"] > 0
+    # a data-parallel launch needs its own process (Lightning starts its ranks from it): refused, nothing written
+    ddp = tiny_stage1_args(tmp_path / "c", steps=2) + ["trainer.devices=2", "data.batch_size=2"]
+    rc, _, err = main([*check, "system.lambda_lpips=0", "--then", *ddp], capsys)
+    assert rc == 2 and "a launch.py call of its own" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+
+
 def _config_fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 

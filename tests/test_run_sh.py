@@ -70,6 +70,10 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         assert (run / f"stage{n}/save/it2-val.png").is_file()
         timings = json.loads((run / f"stage{n}" / "manifest.json").read_text())["timings_s"]
         assert set(timings) == {"setup", "train", "validation", "test"} and min(timings.values()) >= 0, timings
+        step_ms = json.loads((run / f"stage{n}" / "manifest.json").read_text())["step_ms"]
+        assert step_ms["steps"] == 3 and step_ms["first"] > 0 and step_ms["median"] > 0, step_ms
+    banners = re.findall(r"^== stage (\d)/3: (\w+) -> (.+)$", r.stdout, re.M)  # one process printed them in order
+    assert banners == [(str(n), s, f"{run}/stage{n}") for n, s in ((1, "ahds"), (2, "refine"), (3, "reconstruct"))]
 
     # restart from stage 3, adding the specular stage (SCR): stages 1-2 untouched, the old stage 3 kept
     before = {
