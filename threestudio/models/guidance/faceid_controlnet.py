@@ -98,7 +98,9 @@ class FaceIDControlNetGuidance(BaseObject):
         channels_last: bool = False
         """Keep the frozen UNet, ControlNet and VAE (and their inputs) in channels-last memory layout
         on CUDA (same math; speed only). Off: on an H200 in bf16 it made the paper-settings step slower
-        (92 ms against 84 ms, ``bench/results/stage1_step_h200.json``)."""
+        (92 ms against 84 ms, ``bench/results/stage1_step_h200_ablations.json``); channels-last for the VAE
+        encoder alone was slower too (90 against 82 ms): its GroupNorm kernels lose more than the cuDNN
+        layout conversions it saves."""
         vae_attention: VAEAttention = VAEAttention.bmm
         """The VAE's self-attention (one head of size 512 over the 64² latent pixels) in the encoder's
         forward and backward: ``bmm`` (diffusers' ``AttnProcessor``: two batched matmuls in the
@@ -110,13 +112,17 @@ class FaceIDControlNetGuidance(BaseObject):
         """``torch.compile`` the VAE encoder (its forward and backward run every step) on CUDA when Triton
         is installed (it ships with CUDA builds of torch on Linux). Same math. On an H200 it takes the
         paper-settings step from 98 to 84 ms and its peak memory from 11.2 to 9.2 GiB
-        (``bench/results/stage1_step_h200.json``). Compiled code is cached as for ``compile_denoiser``."""
+        (``bench/results/stage1_step_h200_ablations.json``). Compiled code is cached as for ``compile_denoiser``."""
         compile_denoiser: bool = True
         """``torch.compile`` the UNet and the ControlNet (the 3B-sample noise prediction of every step)
         on CUDA when Triton is installed: fused GroupNorm/SiLU/residual kernels, same math. On an H200
         it takes the step from 103 to 84 ms. The compiled code is cached on disk
         (``$TORCHINDUCTOR_CACHE_DIR``, by default ``$GIP_CACHE_DIR/inductor``), so only the first run
-        on a machine pays the full compilation (there, stage 1 took about 100 s longer)."""
+        on a machine pays the full compilation. Measured on an H200: the first step takes 127 s with an
+        empty cache and 23 s with a warm one (Dynamo still traces the networks: about 16 s); the compiled
+        step saves about 21 ms (compiled VAE encoder only: 107 ms, both: 84 ms), about 50 s over 2400
+        steps, so the compilation pays for itself from the second run on a machine. For a single run
+        on a fresh machine ``compile_denoiser=false`` is faster (a cold compile costs about 116 s)."""
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
         graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
