@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tests.conftest import tiny_stage1_args, trials
@@ -74,3 +75,65 @@ def test_batch_prepared_on_the_cpu_gives_the_same_step(tiny_dir, tmp_path, monke
     assert torch.equal(loss0, loss1) and torch.equal(grad0, grad1)
     _, grad2 = step(views, seed=1)  # the comparison can fail: another noise draw changes the gradient
     assert not torch.allclose(grad2, grad0)
+
+
+@pytest.mark.gpu
+def test_stage1_step_on_cuda_makes_no_host_synchronisation(tiny_dir, tmp_path, monkeypatch):
+    """After a warm-up step (CUDA-graph capture), one whole stage-1 step on CUDA with gsplat (the batch
+    moved to the GPU, render, guidance, backward, densify statistics, Adam) lets the host run ahead: a
+    synchronising call (a pageable host-to-device copy, ``.item()``) raises under sync-debug mode."""
+    pytest.importorskip("gsplat")
+    import os
+
+    from tests.conftest import PROMPT, REPO, face
+    from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
+    from threestudio.systems.ahds import AHDSSystem
+    from threestudio.utils.config import load_config, parse_structured
+
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GIP_TINY_DIR", str(tiny_dir))
+    extra = [f"system.body.template_path={os.environ['GIP_TEMPLATE']}"] if os.environ.get("GIP_TEMPLATE") else []
+    cfg = load_config(
+        REPO / "configs/ahds.yaml",
+        REPO / "configs/tiny/ahds.yaml",
+        cli_args=[
+            f"system.prompt_processor.prompt={PROMPT}",
+            f"system.face_image={face()}",
+            "system.renderer_type=auto",
+            "system.guidance.compile_vae_encoder=false",
+            "system.guidance.compile_denoiser=false",
+            *extra,
+        ],
+    )
+    system = AHDSSystem(cfg.system, str(tmp_path / "trial"), max_steps=30).to("cuda")
+    import threestudio
+
+    system.guidance = threestudio.find(system.cfg.guidance_type)(dict(system.cfg.guidance, n_steps=30))
+    system.guidance.load("cuda")
+    system.guidance.prepare_identity(str(face()))
+    system.prompt_processor = threestudio.find(system.cfg.prompt_processor_type)(system.cfg.prompt_processor)
+    system.prompt_processor.prepare("cuda")
+    system.prompt_processor.to("cuda")
+    data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
+    opt = system.configure_optimizers()
+
+    def step(s: int):
+        batch = system.prepare_train_batch(data.sample(step=s)).to("cuda")
+        loss = system.optimization_step(batch, s, opt)["loss"]
+        opt.step()
+        return loss
+
+    step(5)  # warm-up: CUDA-graph capture, cuDNN and cuBLAS workspaces
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = step(6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and system.geometry.means.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="synchroniz"):  # the check can fail: a plain copy trips it
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            torch.ones(3).to("cuda")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
