@@ -45,6 +45,35 @@ def test_background_writer_keeps_order_and_reports_a_failed_write():
     w.wait()  # and the error is reported once
 
 
+def test_background_writer_with_several_workers_writes_every_file_concurrently(tmp_path):
+    """Stage 2's PNGs: several workers run writes at the same time (a barrier that needs 3 waiting
+    threads would time out with one), every file is written, and a failure is still reported."""
+    import threading
+
+    import numpy as np
+
+    from threestudio.utils.io import save_image
+
+    w, barrier = BackgroundWriter(workers=3), threading.Barrier(3, timeout=20)
+    img = np.full((8, 8, 3), 7, np.uint8)
+
+    def write(i: int):
+        barrier.wait()  # BrokenBarrierError unless 3 writes run at once
+        save_image(tmp_path / f"v{i}.png", img)
+
+    for i in range(6):
+        w.submit(write, i)
+    w.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"v{i}.png" for i in range(6)]
+    w.submit(save_image, tmp_path / "v0.png" / "x.png", img)  # a file where its folder should be
+    with pytest.raises(OSError):
+        w.wait()
+    with pytest.raises(threading.BrokenBarrierError):  # and one worker cannot pass the barrier alone
+        one, lone = BackgroundWriter(), threading.Barrier(2, timeout=0.5)
+        one.submit(lone.wait)
+        one.wait()
+
+
 def test_compile_cache_goes_under_the_project_cache_unless_the_user_chose_one(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unused")  # restored after the test
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")

@@ -4,6 +4,7 @@ them with :class:`VCRRefiner`, and saves images, cameras and a manifest for stag
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.vcr import view_roles
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.errors import MissingModelError
-from threestudio.utils.io import save_image
+from threestudio.utils.io import BackgroundWriter, save_image
 
 REFINE_NEGATIVE = "blurry face, bad face, poorly drawn face, duplicate face, extra fingers, blurry, fused fingers"
 
@@ -129,10 +130,12 @@ class RefineSystem(BaseSystem):
             guidance, c.lambda_fusion, c.guidance_scale, c.ip_adapter_scale, c.ip_adapter_shortcut_scale, seed=c.seed
         )
         refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget)
+        writer = BackgroundWriter(workers=min(8, os.cpu_count() or 1))  # 3 PNGs per view, encoded in parallel
         for i in range(c.n_views):
-            save_image(self.save_path("views", f"render_{i:03d}.png"), rgb[i])
-            save_image(self.save_path("views", f"pose_{i:03d}.png"), pose[i])
-            save_image(self.save_path("views", f"refined_{i:03d}.png"), refined[i])
+            writer.submit(save_image, self.save_path("views", f"render_{i:03d}.png"), rgb[i])
+            writer.submit(save_image, self.save_path("views", f"pose_{i:03d}.png"), pose[i])
+            writer.submit(save_image, self.save_path("views", f"refined_{i:03d}.png"), refined[i])
+        writer.wait()
         records = view_records(cams, [alpha_bbox(a) for a in alpha], text["prompts"])
         write_view_records(self.trial_dir / "save" / "views" / "cameras.json", records)
         self.write_manifest(

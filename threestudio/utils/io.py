@@ -70,14 +70,16 @@ def save_image(path: str | Path, img) -> None:
 
 
 class BackgroundWriter:
-    """Runs file writes (PNG/video encoding) on one worker thread, in submission order, so that the
-    training loop does not wait for them. :meth:`wait` blocks until every submitted write is done and
-    re-raises the first error; the writes themselves stay atomic (:func:`atomic_path`)."""
+    """Runs file writes (PNG/video encoding) on worker threads so that the caller does not wait for
+    them: one thread (the default) keeps submission order; ``workers`` > 1 writes independent files
+    concurrently (PNG and video encoders release the GIL while they compress). :meth:`wait` blocks
+    until every submitted write is done and re-raises the first error; the writes themselves stay
+    atomic (:func:`atomic_path`)."""
 
-    def __init__(self):
+    def __init__(self, workers: int = 1):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gip-writer")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="gip-writer")
         self._pending: list = []
 
     def submit(self, fn, *args, **kwargs) -> None:
