@@ -94,7 +94,7 @@ CHAIN = "--then"
 
 def main(argv=None) -> int:
     """Run one launch, or several separated by ``--then`` one after another in this process (run.sh's
-    stages: one Python start-up, one CUDA context, compiled kernels loaded once). The chain stops at the
+    stages: one Python start-up and one CUDA context instead of one per launch). The chain stops at the
     first launch that fails and returns its exit status; GPU memory is released between launches."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if CHAIN not in argv:
