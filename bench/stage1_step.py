@@ -5,7 +5,9 @@ GPU memory for our step (bf16 guidance; compiled VAE encoder with bf16 bmm atten
 and ControlNet, their noise prediction replayed from a CUDA graph; skeletons and prompts made on the
 CPU before the batch moves) and, in the same run, for the naive reference: the same step as the
 reference code ran it (fp16 weights, eager diffusers, default attention and layout), and for each
-lever toggled alone (``--ablations``; channels-last layout is measured turned on).
+lever toggled alone (``--ablations``; channels-last layout is measured turned on). ``--breakdown`` adds
+the GPU milliseconds of each part of our step (render, VAE encoder, noise prediction, SDS + VAE
+backward, render backward, optimizer) from CUDA events.
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15     # real-size random models (~4 GB)
     python bench/stage1_step.py --models /tmp/sd15 --face face.png --template anny.npz --out r.json
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
+import statistics
 import time
 
 import torch
@@ -146,6 +150,70 @@ def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5) -> dict
     }
 
 
+SEGMENTS = ("render", "vae_encoder", "noise_prediction", "sds_and_vae_backward", "render_backward", "optimizer")
+"""Parts of one step timed by :func:`breakdown`, in the order the GPU runs them."""
+
+
+def breakdown(system, cfg, steps: int = 5, start_step: int = 1600) -> dict:
+    """Median milliseconds of each part of the step (:data:`SEGMENTS`) over ``steps`` steps, from CUDA
+    events recorded between the parts (the GPU's time, not the host's; perf_counter on the CPU). The
+    end of the VAE backward is marked by a hook on the renders' gradient. Run after :func:`run`."""
+    from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
+    from threestudio.utils.config import parse_structured
+
+    data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
+    opt = system.configure_optimizers()
+    g = system.guidance
+    marks: list = []
+
+    def mark():
+        if DEVICE == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            marks.append(e)
+        else:
+            marks.append(time.perf_counter())
+
+    def marked(fn, after: bool = False):
+        def wrapped(*a, **k):
+            mark()
+            out = fn(*a, **k)
+            if after:
+                mark()
+            return out
+
+        return wrapped
+
+    render, encode, noise = system.render, g.encode_images, g._noise
+
+    def render_marked(cams):
+        out = render(cams)
+        out["comp_rgb"].register_hook(lambda grad: mark())  # the VAE backward has reached the renders
+        return out
+
+    system.render, g.encode_images, g._noise = render_marked, marked(encode), marked(noise, after=True)
+    per = {k: [] for k in SEGMENTS}
+    try:
+        for i in range(steps):
+            batch = system.prepare_train_batch(data.sample(step=start_step + i)).to(system.device)
+            marks.clear()
+            mark()
+            system.optimization_step(batch, start_step + i, opt)  # marks the parts up to the VAE backward
+            mark()  # before the optimizer (the render backward and the densify statistics are done)
+            opt.step()
+            mark()
+            sync()
+            # marks: start, VAE encoder, noise prediction (before, after), renders' grad, optimizer, end
+            t = [(b.elapsed_time(e) if DEVICE == "cuda" else 1e3 * (e - b)) for b, e in itertools.pairwise(marks)]
+            for name, ms in zip(SEGMENTS, t, strict=True):
+                per[name].append(ms)
+    finally:
+        system.render, g.encode_images, g._noise = render, encode, noise
+    out = {k: round(statistics.median(v), 2) for k, v in per.items()}
+    out["sum"] = round(sum(out.values()), 2)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", required=True)
@@ -157,6 +225,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--ablations", action="store_true", help="also time each lever turned off alone")
+    ap.add_argument("--breakdown", action="store_true", help="also time each part of our step (CUDA events)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (a smoke check with tiny models)")
     a = ap.parse_args()
@@ -178,6 +247,8 @@ def main():
         load_s = time.perf_counter() - t0
         r = run(system, cfg, a.steps)
         r["load_s"] = load_s
+        if a.breakdown and name == "ours_bf16":
+            r["breakdown_ms"] = breakdown(system, cfg, max(a.steps, 3))
         result[name] = r
         del system
         gc.collect()

@@ -1,0 +1,21 @@
+"""The stage-1 step benchmark's tools on the CPU with the tiny models (the GPU figures in
+bench/results/ come from the same code)."""
+
+from tests.conftest import REPO
+
+
+def test_stage1_step_breakdown_times_every_part_of_the_step(tiny_dir, tmp_path, monkeypatch):
+    """``bench/stage1_step.py --breakdown``: each part of a real step gets its own (non-zero) time and the
+    system's methods are restored afterwards (so the timed blocks of ``run`` measure the plain step)."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import stage1_step as bench
+
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    system, cfg = bench.build_system(str(tiny_dir), "", None, 1000, 32, 32, [], str(tmp_path / "trial"))
+    render, noise = system.render, system.guidance._noise
+    parts = bench.breakdown(system, cfg, steps=1)
+    assert list(parts) == [*bench.SEGMENTS, "sum"]
+    assert all(parts[k] > 0 for k in bench.SEGMENTS), parts
+    assert parts["sum"] == round(sum(parts[k] for k in bench.SEGMENTS), 2)
+    assert system.render == render and system.guidance._noise == noise
