@@ -234,7 +234,7 @@ def run(args) -> int:
         return 0
 
     processes = data_parallel_processes(cfg, data, mode)
-    if processes > 1 and getattr(args, "chained", False):
+    if processes > 1 and args.chained:
         raise UserError(
             f"a data-parallel launch ({processes} processes) cannot follow or precede others with {CHAIN}: "
             "give it a launch.py call of its own (run.sh --gpus does)"

@@ -106,19 +106,24 @@ def sync():
         torch.cuda.synchronize()
 
 
-def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5) -> dict:
-    """Two warm-up steps (compilation, CUDA-graph capture), then ``steps`` steps back to back as in
-    training (the CPU prepares the next batch while the GPU runs), synchronised every ``block`` steps:
-    ``step_s_median`` is the median over blocks of the mean step time in a block."""
+def training_inputs(system, cfg):
+    """``(batch_at, optimizer)``: ``batch_at(step)`` is the prepared training batch of ``step`` on the
+    system's device (random cameras of ``cfg.data``, skeletons and prompts made on the CPU), as in training."""
     from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
     from threestudio.utils.config import parse_structured
 
     data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
-    opt = system.configure_optimizers()
+    return (lambda s: system.prepare_train_batch(data.sample(step=s)).to(system.device)), system.configure_optimizers()
+
+
+def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5) -> dict:
+    """Two warm-up steps (compilation, CUDA-graph capture), then ``steps`` steps back to back as in
+    training (the CPU prepares the next batch while the GPU runs), synchronised every ``block`` steps:
+    ``step_s_median`` is the median over blocks of the mean step time in a block."""
+    batch_at, opt = training_inputs(system, cfg)
 
     def step(s: int):
-        batch = system.prepare_train_batch(data.sample(step=s)).to(system.device)
-        loss = system.optimization_step(batch, s, opt)["loss"]
+        loss = system.optimization_step(batch_at(s), s, opt)["loss"]
         opt.step()
         return loss
 
@@ -158,11 +163,7 @@ def breakdown(system, cfg, steps: int = 5, start_step: int = 1600) -> dict:
     """Median milliseconds of each part of the step (:data:`SEGMENTS`) over ``steps`` steps, from CUDA
     events recorded between the parts (the GPU's time, not the host's; perf_counter on the CPU). The
     end of the VAE backward is marked by a hook on the renders' gradient. Run after :func:`run`."""
-    from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
-    from threestudio.utils.config import parse_structured
-
-    data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
-    opt = system.configure_optimizers()
+    batch_at, opt = training_inputs(system, cfg)
     g = system.guidance
     marks: list = []
 
@@ -195,7 +196,7 @@ def breakdown(system, cfg, steps: int = 5, start_step: int = 1600) -> dict:
     per = {k: [] for k in SEGMENTS}
     try:
         for i in range(steps):
-            batch = system.prepare_train_batch(data.sample(step=start_step + i)).to(system.device)
+            batch = batch_at(start_step + i)
             marks.clear()
             mark()
             system.optimization_step(batch, start_step + i, opt)  # marks the parts up to the VAE backward
