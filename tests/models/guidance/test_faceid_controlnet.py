@@ -240,3 +240,15 @@ def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, mo
         torch.testing.assert_close(loss1, loss0, rtol=1e-3, atol=1e-6)
         assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-3
     assert len(opt._graphs) == 1
+
+
+def test_vae_layout_optimization_is_an_inductor_option_of_this_torch():
+    """``vae_layout_optimization`` passes ``force_layout_optimization`` to ``torch.compile``; an option
+    this torch's Inductor does not know would only fail on the first CUDA step, so check it here."""
+    import torch._inductor.config as inductor_config
+
+    assert FaceIDControlNetGuidance.Config().vae_layout_optimization is True
+    assert isinstance(inductor_config.force_layout_optimization, bool)
+    torch.compile(torch.nn.Identity(), options={"force_layout_optimization": True})  # validates the name
+    with pytest.raises(RuntimeError, match="Unexpected optimization option"):
+        torch.compile(torch.nn.Identity(), options={"force_layout_optimisation": True})
