@@ -59,23 +59,27 @@ def _sh_band(d: np.ndarray, degree: int) -> np.ndarray:
 def rotate_sh(f_rest: np.ndarray, R: np.ndarray) -> np.ndarray:
     """SH coefficients ``f_rest`` [N, K, 3] (bands 1..3, K = 3, 8 or 15) of a radiance turned by the
     rotation R [3, 3]: ``c'`` such that ``Σ c'_i Y_i(d) = Σ c_i Y_i(R^T d)``. Each band's matrix is
-    solved exactly (least squares on 64 directions; the bands are closed under rotation)."""
-    K = f_rest.shape[1]
+    solved exactly (least squares on 64 directions; the bands are closed under rotation); all bands
+    and colour channels are then turned by one matrix product (block-diagonal, [3K, 3K]) in the
+    precision of ``f_rest`` (float32 for PLY data, float64 stays float64)."""
+    n, K = f_rest.shape[:2]
     if K == 0:
         return f_rest
     rng = np.random.default_rng(0)
     d = rng.normal(size=(64, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
-    out, start = np.empty_like(f_rest), 0
+    A, start = np.zeros((3 * K, 3 * K)), 0
     for band in (1, 2, 3):
-        n = 2 * band + 1
+        nb = 2 * band + 1
         if start >= K:
             break
         B, Bt = _sh_band(d, band), _sh_band(d @ R, band)  # Y(d), Y(R^T d)
         M = np.linalg.lstsq(B, Bt, rcond=None)[0]  # Y(R^T d) = Y(d) M
-        out[:, start : start + n] = np.einsum("ij,njc->nic", M, f_rest[:, start : start + n].astype(np.float64))
-        start += n
-    return out.astype(f_rest.dtype)
+        A[3 * start : 3 * (start + nb), 3 * start : 3 * (start + nb)] = np.kron(M, np.eye(3))  # (i,c) <- (j,c)
+        start += nb
+    dt = np.result_type(f_rest.dtype, np.float32)
+    flat = np.ascontiguousarray(f_rest, dtype=dt).reshape(n, 3 * K)
+    return (flat @ A.T.astype(dt)).reshape(n, K, 3).astype(f_rest.dtype, copy=False)
 
 
 def _quat_of(R: np.ndarray) -> np.ndarray:
@@ -164,27 +168,44 @@ def write_gaussian_ply(
     params = to_file_frame(params) if frame == "file" else params
     n = params["means"].shape[0]
     f_rest = params["f_rest"].reshape(n, -1, 3).transpose(0, 2, 1).reshape(n, -1)
-    cols = [("x", params["means"][:, 0]), ("y", params["means"][:, 1]), ("z", params["means"][:, 2])]
-    cols += [(f"n{a}", np.zeros(n)) for a in "xyz"]
-    cols += [(f"f_dc_{i}", params["f_dc"][:, i]) for i in range(3)]
-    cols += [(f"f_rest_{i}", f_rest[:, i]) for i in range(f_rest.shape[1])]
-    cols += [("opacity", params["opacity_logit"].reshape(n))]
-    cols += [(f"scale_{i}", params["log_scales"][:, i]) for i in range(3)]
-    cols += [(f"rot_{i}", params["quats"][:, i]) for i in range(4)]
+    blocks = [
+        ("x y z", params["means"]),
+        ("nx ny nz", np.zeros((n, 3), np.float32)),
+        ("f_dc_0 f_dc_1 f_dc_2", params["f_dc"]),
+        (" ".join(f"f_rest_{i}" for i in range(f_rest.shape[1])), f_rest),
+        ("opacity", params["opacity_logit"]),
+        ("scale_0 scale_1 scale_2", params["log_scales"]),
+        ("rot_0 rot_1 rot_2 rot_3", params["quats"]),
+    ]
     for name, v in (extra or {}).items():
         v = np.asarray(v).reshape(n, -1)
-        cols += [(f"{name}_{i}", v[:, i]) for i in range(v.shape[1])] if v.shape[1] > 1 else [(name, v[:, 0])]
-    arr = np.empty(n, dtype=[(c, "f4") for c, _ in cols])
-    for c, v in cols:
-        arr[c] = np.asarray(v, dtype=np.float32)
+        blocks.append((" ".join(f"{name}_{i}" for i in range(v.shape[1])) if v.shape[1] > 1 else name, v))
+    names = [c for cols, _ in blocks for c in cols.split()]
+    # one row-major float32 table [N, columns] viewed as the PLY's vertex records (no per-column passes)
+    table = np.concatenate([np.asarray(v, dtype=np.float32).reshape(n, -1) for _, v in blocks], axis=1)
+    arr = table.view(np.dtype([(c, "<f4") for c in names])).reshape(n)
     with atomic_path(path) as tmp:
         comments = [FRAME_COMMENT] if frame == "file" else []
         PlyData([PlyElement.describe(arr, "vertex")], text=False, comments=comments).write(tmp)
 
 
-def _columns(v, *names: str) -> np.ndarray:
-    """PLY vertex properties ``names`` stacked as float32 columns [N, len(names)]."""
-    return np.stack([np.asarray(v[k], dtype=np.float32) for k in names], 1)
+class _Columns:
+    """The float columns of a PLY vertex element by property name. Records of float32 properties only
+    (3DGS files) are read as one [N, P] float32 table and columns are gathered from it; other records
+    field by field. Every returned array is a copy (never a view of the file's memory map)."""
+
+    def __init__(self, v: np.ndarray):
+        self.v = v
+        fields = v.dtype.fields
+        flat = all(fields[k][0] == np.dtype("<f4") for k in v.dtype.names) and v.dtype.itemsize == 4 * len(fields)
+        self.table = np.ascontiguousarray(v).view("<f4").reshape(len(v), -1) if flat else None
+        self.index = {k: fields[k][1] // 4 for k in v.dtype.names}
+
+    def __call__(self, *names: str) -> np.ndarray:
+        """Properties ``names`` as float32 columns [N, len(names)]."""
+        if self.table is not None:
+            return self.table[:, [self.index[k] for k in names]].astype(np.float32, order="C")
+        return np.stack([np.asarray(self.v[k], dtype=np.float32) for k in names], 1)
 
 
 def read_gaussian_ply(path: str | Path, frame: str = "world") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -224,18 +245,18 @@ def read_gaussian_ply(path: str | Path, frame: str = "world") -> tuple[dict[str,
     rest_names = sorted([p for p in names if p.startswith("f_rest_")], key=lambda s: int(s.split("_")[-1]))
     if len(rest_names) % 3:
         raise UserError(f"{path}: number of f_rest properties ({len(rest_names)}) is not a multiple of 3")
-    f_rest = np.stack([v[p] for p in rest_names], 1) if rest_names else np.zeros((n, 0), np.float32)
-    f_rest = f_rest.reshape(n, 3, -1).transpose(0, 2, 1)
+    cols = _Columns(v)
+    f_rest = cols(*rest_names) if rest_names else np.zeros((n, 0), np.float32)
     params = {
-        "means": _columns(v, "x", "y", "z"),
-        "f_dc": _columns(v, "f_dc_0", "f_dc_1", "f_dc_2"),
-        "f_rest": f_rest.astype(np.float32),
-        "opacity_logit": np.asarray(v["opacity"], dtype=np.float32),
-        "log_scales": _columns(v, "scale_0", "scale_1", "scale_2"),
-        "quats": _columns(v, "rot_0", "rot_1", "rot_2", "rot_3"),
+        "means": cols("x", "y", "z"),
+        "f_dc": cols("f_dc_0", "f_dc_1", "f_dc_2"),
+        "f_rest": np.ascontiguousarray(f_rest.reshape(n, 3, -1).transpose(0, 2, 1)),
+        "opacity_logit": cols("opacity")[:, 0],
+        "log_scales": cols("scale_0", "scale_1", "scale_2"),
+        "quats": cols("rot_0", "rot_1", "rot_2", "rot_3"),
     }
     known = set(REQUIRED) | set(rest_names) | {"nx", "ny", "nz"}
-    extra = {p: np.asarray(v[p]) for p in names if p not in known}
+    extra = {p: np.array(v[p]) for p in names if p not in known}
     for k, a in params.items():
         if not np.isfinite(a).all():
             raise UserError(f"{path}: property group {k} contains NaN or infinite values")
