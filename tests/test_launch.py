@@ -22,13 +22,20 @@ def main(argv, capsys) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-def test_stage1_smoke_resume_and_export_with_specular(tiny_dir, tmp_path, capsys):
+def test_stage1_smoke_resume_and_export_with_specular(tiny_dir, tmp_path, capsys, monkeypatch):
+    from threestudio.models.geometry.gaussian_model import GaussianModel
+
+    written, save_ply = [], GaussianModel.save_ply
+    monkeypatch.setattr(
+        GaussianModel, "save_ply", lambda self, path, *a, **k: (written.append(path), save_ply(self, path, *a, **k))
+    )
     args = tiny_stage1_args(
         tmp_path, steps=4, **{"system.densify.densify_steps": "[2]", "system.densify.prune_steps": "[3]"}
     )
     args += ["--config", str(REPO / "configs/specular.yaml")]
     rc, out, err = main(args, capsys)
     assert rc == 0, err[-3000:]
+    assert len(written) == 1  # the end of training writes the avatar; the test turntable does not again
     (trial,) = trials(tmp_path)
     man = json.loads((trial / "manifest.json").read_text())
     assert man["step"] == 4 and man["prompt"] == PROMPT and man["specular"] is True

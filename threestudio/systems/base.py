@@ -179,6 +179,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._t: dict[str, float] = {}
         self._step_ends: list[float] = []
         """Host clock at the end of each training step (``step_ms`` of the manifest)."""
+        self._exported: tuple | None = None
+        """(step, Gaussian count) of the avatar files last written by :meth:`export`."""
 
     def report(self, msg: str) -> None:
         self.print(msg) if self._trainer is not None else print(msg)
@@ -418,12 +420,17 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._write_timings()
 
     def export(self) -> None:
-        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest (rank 0 only)."""
+        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest (rank 0 only).
+        The files are not written again while the Gaussians are those of the last export (the test
+        turntable after training exports the avatar that the end of training already wrote)."""
         if not self.is_writer:
             return
-        self.geometry.save_ply(self.save_path("avatar.ply"))
-        if self.appearance is not None:
-            self.appearance.save(self.save_path("avatar" + SPECULAR_SUFFIX))
+        state, ply = (self.step, self.geometry.num_points), self.save_path("avatar.ply")
+        if state != self._exported or not ply.is_file():
+            self.geometry.save_ply(ply)
+            if self.appearance is not None:
+                self.appearance.save(self.save_path("avatar" + SPECULAR_SUFFIX))
+            self._exported = state
         self.write_manifest(
             specular=self.appearance is not None,
             avatar="save/avatar.ply",
