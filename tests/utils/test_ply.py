@@ -87,3 +87,34 @@ def test_sh_bands_turn_with_the_frame():
 
     R = FILE_FROM_WORLD
     np.testing.assert_allclose(radiance(rotate_sh(f, R), d @ R.T), radiance(f, d), atol=1e-9)
+
+
+def test_ply_with_mixed_property_types_reads_the_same_as_float32(tmp_path):
+    """Other tools write doubles or bytes beside the 3DGS floats (e.g. ``red``/``green``/``blue`` as
+    uchar): the field-by-field path reads them like the one-table float32 path, and the arrays it
+    returns are copies, not views of the file's memory map."""
+    from plyfile import PlyData, PlyElement
+
+    from threestudio.utils.ply import read_gaussian_ply
+
+    m = random_model(64, sh_degree=1)
+    m.save_ply(tmp_path / "f4.ply")
+    ref, _ = read_gaussian_ply(tmp_path / "f4.ply", frame="raw")
+    v = PlyData.read(str(tmp_path / "f4.ply"))["vertex"].data
+    mixed = np.empty(len(v), dtype=[(k, "<f8" if k == "opacity" else "<f4") for k in v.dtype.names] + [("red", "u1")])
+    for k in v.dtype.names:
+        mixed[k] = v[k]
+    mixed["red"] = np.arange(64, dtype=np.uint8)
+    PlyData([PlyElement.describe(mixed, "vertex")]).write(str(tmp_path / "mixed.ply"))
+    got, extra = read_gaussian_ply(tmp_path / "mixed.ply", frame="raw")
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+        assert got[k].dtype == np.float32 and got[k].flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(extra["red"], np.arange(64))
+    kept = {k: a.copy() for k, a in ref.items()}
+    with open(tmp_path / "f4.ply", "r+b") as fh:  # the file changes in place under a reader's memory map
+        fh.seek(-v.itemsize * len(v), 2)
+        fh.write(bytes(v.itemsize * len(v)))
+    assert not read_gaussian_ply(tmp_path / "f4.ply", frame="raw")[0]["opacity_logit"].any()
+    for k in ref:  # what was read before is unchanged: copies, not views of the map
+        np.testing.assert_array_equal(ref[k], kept[k], err_msg=k)
