@@ -204,7 +204,7 @@ class _Columns:
     def __call__(self, *names: str) -> np.ndarray:
         """Properties ``names`` as float32 columns [N, len(names)]."""
         if self.table is not None:
-            return self.table[:, [self.index[k] for k in names]].astype(np.float32, order="C")
+            return np.ascontiguousarray(self.table[:, [self.index[k] for k in names]])  # the gather copies
         return np.stack([np.asarray(self.v[k], dtype=np.float32) for k in names], 1)
 
 
