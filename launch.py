@@ -353,6 +353,11 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
         save_last=True,
         save_top_k=-1,
     )
+    profiler = None
+    if t.profile:
+        from pytorch_lightning.profilers import SimpleProfiler
+
+        profiler = SimpleProfiler(dirpath=str(trial_dir), filename="profile")
     strategy = "auto"
     if processes > 1 or (t.strategy == "ddp" and mode == "train"):
         from threestudio.utils.distributed import GaussianDDPStrategy
@@ -373,6 +378,7 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
         enable_progress_bar=t.enable_progress_bar,
         logger=CSVLogger(str(trial_dir), name="csv_logs"),
         callbacks=[ckpt_cb],
+        profiler=profiler,
         enable_model_summary=False,
         inference_mode=False,
         default_root_dir=str(trial_dir),

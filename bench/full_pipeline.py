@@ -138,7 +138,7 @@ def main():
     log = []
     for line in proc.stdout:
         log.append(line)
-        sys.stdout.write(line)
+        sys.stdout.write(f"[{time.perf_counter() - t0:7.1f} s] {line}")  # when each line came: a timeline
         m = re.match(r"== stage (\d)/3", line)
         if m:
             marks.append((int(m.group(1)), time.perf_counter()))

@@ -72,6 +72,9 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         assert set(timings) == {"setup", "train", "validation", "test"} and min(timings.values()) >= 0, timings
         step_ms = json.loads((run / f"stage{n}" / "manifest.json").read_text())["step_ms"]
         assert step_ms["steps"] == 3 and step_ms["first"] > 0 and step_ms["median"] > 0, step_ms
+    timings = json.loads((run / "stage2" / "manifest.json").read_text())["timings_s"]  # stage 2's phases
+    assert set(timings) == {"render", "load_models", "identity", "prompts", "refine", "write"}, timings
+    assert min(timings.values()) >= 0 and timings["refine"] > 0, timings
     banners = re.findall(r"^== stage (\d)/3: (\w+) -> (.+)$", r.stdout, re.M)  # one process printed them in order
     assert banners == [(str(n), s, f"{run}/stage{n}") for n, s in ((1, "ahds"), (2, "refine"), (3, "reconstruct"))]
 
@@ -80,7 +83,18 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         p: p.stat().st_mtime_ns for p in (run / "stage1/save/avatar.ply", run / "stage2/save/views/refined_000.png")
     }
     r2 = subprocess.run(
-        ["bash", "run.sh", "--tiny", "--specular", "--from-stage", "3", "--run-dir", str(run), *FAST],
+        [
+            "bash",
+            "run.sh",
+            "--tiny",
+            "--specular",
+            "--from-stage",
+            "3",
+            "--run-dir",
+            str(run),
+            *FAST,
+            "trainer.profile=true",
+        ],
         cwd=repo,
         env=env,
         capture_output=True,
@@ -93,6 +107,8 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
     assert len(list(run.glob("stage3.prev-*"))) == 1
     assert json.loads((run / "stage3/manifest.json").read_text())["specular"] is True
     assert (run / "stage3/save/avatar.specular.safetensors").is_file()
+    report = (run / "stage3/fit-profile.txt").read_text()  # trainer.profile: Lightning's SimpleProfiler report
+    assert "run_training_batch" in report and "save_checkpoint" in report
 
     # the animation CLI on the result (its subprocess run is the web-viewer test), with the shipped demo motion
     from threestudio.animation.cli import main

@@ -20,6 +20,7 @@ from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.vcr import view_roles
 from threestudio.systems.base import BaseSystem
 from threestudio.utils.errors import MissingModelError
+from threestudio.utils.gpu import PhaseClock
 from threestudio.utils.io import BackgroundWriter, save_image
 
 REFINE_NEGATIVE = "blurry face, bad face, poorly drawn face, duplicate face, extra fingers, blurry, fused fingers"
@@ -99,6 +100,7 @@ class RefineSystem(BaseSystem):
     def run(self, device: torch.device) -> None:
         """Render the ring, refine it, save everything (the whole stage)."""
         c = self.cfg
+        clock = PhaseClock(device)
         self.geometry.to(device)
         if self.appearance is not None:
             self.appearance.to(device)
@@ -114,28 +116,34 @@ class RefineSystem(BaseSystem):
         pose, _ = skeleton_images(
             self.template.keypoints, cams.w2c, cams.K, c.resolution, c.resolution, head_closeup=False
         )
+        clock.lap("render")
         gcfg = _inherit(c.guidance, self.stage1, "guidance")
         for k in ("compile_denoiser", "compile_vae_encoder"):  # a few hundred no-grad calls at new shapes:
             gcfg[k] = c.guidance.get(k, False)  # compiling would cost more than it saves, unless asked for
         guidance = threestudio.find(c.guidance_type)(gcfg)
         guidance.load(device)
+        clock.lap("load_models")
         guidance.prepare_identity(self.stage1["face_image"])
         guidance.free_image_encoder()
+        clock.lap("identity")
         ppcfg = dict(_inherit(c.prompt_processor, self.stage1, "prompt_processor"))
         ppcfg.setdefault("negative_prompt", REFINE_NEGATIVE)
         ppcfg["prompt"] = self.stage1["prompt"]
         prompt_processor = threestudio.find(c.prompt_processor_type)(ppcfg)
         text = prompt_processor.refine_prompts(view_roles(c.n_views), device)
+        clock.lap("prompts")
         refiner = VCRRefiner(
             guidance, c.lambda_fusion, c.guidance_scale, c.ip_adapter_scale, c.ip_adapter_shortcut_scale, seed=c.seed
         )
         refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget)
+        clock.lap("refine")
         writer = BackgroundWriter(workers=min(8, os.cpu_count() or 1))  # 3 PNGs per view, encoded in parallel
         for i in range(c.n_views):
             writer.submit(save_image, self.save_path("views", f"render_{i:03d}.png"), rgb[i])
             writer.submit(save_image, self.save_path("views", f"pose_{i:03d}.png"), pose[i])
             writer.submit(save_image, self.save_path("views", f"refined_{i:03d}.png"), refined[i])
         writer.wait()
+        clock.lap("write")
         records = view_records(cams, [alpha_bbox(a) for a in alpha], text["prompts"])
         write_view_records(self.trial_dir / "save" / "views" / "cameras.json", records)
         self.write_manifest(
@@ -147,6 +155,7 @@ class RefineSystem(BaseSystem):
             face_image=self.stage1["face_image"],
             n_views=c.n_views,
             cameras="save/views/cameras.json",
+            timings_s=clock.laps,
             **self.memory_record(),
         )
 

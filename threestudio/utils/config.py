@@ -73,6 +73,9 @@ class TrainerConfig:
     """Write the CSV log every this many steps."""
     enable_progress_bar: bool = True
     """Show Lightning's progress bar."""
+    profile: bool = False
+    """Write Lightning's ``SimpleProfiler`` report (wall seconds per training hook: steps, backward,
+    optimiser, checkpoints, validation, logging) to ``<trial>/fit-profile.txt`` and ``test-profile.txt``."""
 
 
 @dataclass

@@ -6,11 +6,13 @@
   default: what the device has free when the stage starts), enforced through
   ``torch.cuda.set_per_process_memory_fraction`` and used to size batches (stage 2's VCR groups).
 * :func:`is_out_of_memory` / :func:`oom_message`: one clear message when a stage still runs out.
+* :class:`PhaseClock`: wall seconds per phase of a stage that trains nothing (stage 2's ``timings_s``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import torch
@@ -168,3 +170,25 @@ class BatchSizer:
         peak = torch.cuda.max_memory_allocated(dev) - before
         self.per_item = max(self.per_item, -(-peak // max(n_items, 1)))
         self.budget.note_peak()
+
+
+class PhaseClock:
+    """Wall seconds of the consecutive phases of a stage (the manifest's ``timings_s``).
+
+    :meth:`lap` synchronises ``device`` (CUDA) so that a phase's queued GPU work is counted in it,
+    not in the next phase; call it only between phases, never inside a loop of GPU steps.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, phase: str) -> float:
+        """End ``phase`` (seconds since the previous lap, rounded to 10 ms, added to ``laps[phase]``)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        dt, self._t = now - self._t, now
+        self.laps[phase] = round(self.laps.get(phase, 0.0) + dt, 2)
+        return dt
