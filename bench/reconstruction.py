@@ -53,7 +53,7 @@ def _sync(device):
 
 
 def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -> tuple:
-    from threestudio.data.refined_views import RandomTargets, load_refined_views
+    from threestudio.data.refined_views import RandomTargets, RefinedViewsDataModule, load_refined_views
     from threestudio.models.renderers.base import resolve_renderer_type
     from threestudio.systems.reconstruct import ReconstructSystem
 
@@ -73,7 +73,9 @@ def train(s2, steps: int, fixed_crop: bool, device, appearance_type: str = "") -
         s = cams.height / 1024
         boxes[:] = torch.tensor([int(220 * s), int(60 * s), int(800 * s), int(890 * s)])
     opt = sysm.configure_optimizers()
-    it = iter(RandomTargets(cams.to(device), imgs.to(device), boxes, 4, 0))
+    # the stage's loss-box rounding (its default is in pixels of a 1024² render)
+    multiple = max(1, RefinedViewsDataModule.Config.box_multiple * cams.height // 1024)
+    it = iter(RandomTargets(cams.to(device), imgs.to(device), boxes, 4, 0, box_multiple=multiple))
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -22,3 +22,37 @@ def test_loss_window_keeps_the_aspect_ratio():
     ys, xs = torch.nonzero(half[0, 0] > 0.25, as_tuple=True)
     ratio = (int(ys.max() - ys.min()) + 1) / (int(xs.max() - xs.min()) + 1)
     assert 2.0 <= ratio <= 4.0  # ~3, as in the render (a square resize made it ~1)
+
+
+def test_common_box_size_rounds_up_to_a_multiple_and_keeps_every_box():
+    """``multiple`` rounds the common crop size up (capped at the image), every grown box still holds its
+    alpha box and stays inside the image; over many random batches of a ring's boxes the rounded sizes
+    take far fewer distinct values than the exact ones (each new size costs cuDNN new plans)."""
+    import random
+
+    import pytest
+
+    from threestudio.ops.losses import common_size_boxes
+
+    boxes = [[300, 40, 700, 980], [410, 60, 610, 1000]]
+    out = common_size_boxes(boxes, 1024, 1024, multiple=64)
+    assert {(b[2] - b[0], b[3] - b[1]) for b in out} == {(448, 960)}  # 400 -> 448, 940 -> 960
+    assert common_size_boxes([[0, 10, 100, 995]], 1024, 1000, multiple=64) == [[0, 0, 128, 1000]]  # the image caps it
+    for (x0, y0, x1, y1), (a0, b0, a1, b1) in zip(boxes, out, strict=True):
+        assert a0 <= x0 and b0 <= y0 and a1 >= x1 and b1 >= y1
+        assert 0 <= a0 and 0 <= b0 and a1 <= 1024 and b1 <= 1024
+    assert common_size_boxes(boxes, 1024, 1024, multiple=1) == common_size_boxes(boxes, 1024, 1024)
+    with pytest.raises(ValueError, match="multiple"):
+        common_size_boxes(boxes, 1024, 1024, multiple=0)
+    rng = random.Random(0)
+    ring = [[512 - w // 2, 50 + i % 5, 512 + w // 2 + i % 3, 990 - i % 7] for i, w in enumerate(range(300, 620, 10))]
+
+    def sizes(multiple):
+        seen = set()
+        for _ in range(800):
+            b = common_size_boxes(rng.sample(ring, 4), 1024, 1024, multiple)[0]
+            seen.add((b[2] - b[0], b[3] - b[1]))
+        return len(seen)
+
+    exact, rounded = sizes(1), sizes(64)
+    assert rounded <= 6 < 40 <= exact

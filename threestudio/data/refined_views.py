@@ -66,8 +66,18 @@ class RandomTargets(IterableDataset):
     ``views`` (a data-parallel rank's :func:`~threestudio.utils.distributed.rank_slice`) every rank draws
     the same global batch and yields its share."""
 
-    def __init__(self, cams: Cameras, images: Tensor, bbox: Tensor, batch: int, seed: int, views: slice = slice(None)):
+    def __init__(
+        self,
+        cams: Cameras,
+        images: Tensor,
+        bbox: Tensor,
+        batch: int,
+        seed: int,
+        views: slice = slice(None),
+        box_multiple: int = 1,
+    ):
         self.cams, self.images, self.bbox, self.batch, self.views = cams, images, bbox, batch, views
+        self.box_multiple = box_multiple
         self.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
@@ -75,7 +85,8 @@ class RandomTargets(IterableDataset):
         while True:
             idx = torch.randperm(n, generator=self.generator)[: min(self.batch, n)]
             # one crop size for the whole (global) batch, as one process would use (method §12.19)
-            boxes = torch.tensor(common_size_boxes(self.bbox[idx].tolist(), self.cams.width, self.cams.height))
+            boxes = common_size_boxes(self.bbox[idx].tolist(), self.cams.width, self.cams.height, self.box_multiple)
+            boxes = torch.tensor(boxes)
             idx, boxes = idx[self.views], boxes[self.views]
             yield TargetBatch(self.cams[idx], self.images[idx], boxes, idx)
 
@@ -90,6 +101,12 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         """Trial directory of a finished refine (stage 2) run."""
         batch_views: int = 4
         """Refined views per step (method §8: 4 of 32)."""
+        box_multiple: int = 64
+        """The common loss-box size of a step is rounded up to a multiple of this many pixels (at the
+        render resolution; 1 = exact). Each new crop size makes cuDNN build new convolution plans for
+        LPIPS-VGG and SSIM (forward and backward), which costs more than the step itself; with exact
+        sizes almost every step of the first hundred meets a new size. The boxes stay around the body
+        (each contains its alpha box), a little more background around it."""
 
     def __init__(self, cfg: dict | DictConfig | None = None):
         super().__init__()
@@ -113,7 +130,13 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         cams, images, bbox = self._load()
         return DataLoader(
             RandomTargets(
-                cams, images, bbox, self.cfg.batch_views, self.cfg.seed, rank_share(self.trainer, self.cfg.batch_views)
+                cams,
+                images,
+                bbox,
+                self.cfg.batch_views,
+                self.cfg.seed,
+                rank_share(self.trainer, self.cfg.batch_views),
+                self.cfg.box_multiple,
             ),
             batch_size=None,
             collate_fn=_identity,

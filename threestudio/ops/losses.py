@@ -23,12 +23,24 @@ def alpha_bbox(alpha: Float[Tensor, "H W 1"], margin: float = 0.05, thr: float =
     ]
 
 
-def common_size_boxes(boxes: list[list[int]], width: int, height: int) -> list[list[int]]:
+def common_size_boxes(boxes: list[list[int]], width: int, height: int, multiple: int = 1) -> list[list[int]]:
     """Grow every ``[x0, y0, x1, y1)`` box to the largest box width and height of the list, about its
     centre and shifted to stay inside the ``width`` x ``height`` image, so that all crops have one size
-    without resampling any of them (no aspect-ratio distortion; method §12.19)."""
+    without resampling any of them (no aspect-ratio distortion; method §12.19).
+
+    ``multiple`` (px, >= 1) rounds that common width and height up to a multiple of it (at most the
+    image size), so that the crops of all batches take a handful of sizes instead of one per
+    combination of views: every new input size costs the loss networks (LPIPS-VGG, SSIM) new cuDNN
+    convolution plans. Each box still contains its original box.
+
+    Raises:
+        ValueError: ``multiple`` < 1.
+    """
+    if multiple < 1:
+        raise ValueError(f"box size multiple must be >= 1 px, got {multiple}")
     bw = max(b[2] - b[0] for b in boxes)
     bh = max(b[3] - b[1] for b in boxes)
+    bw, bh = min(-(-bw // multiple) * multiple, width), min(-(-bh // multiple) * multiple, height)
     out = []
     for x0, y0, x1, y1 in boxes:
         nx = min(max(int(round((x0 + x1 - bw) / 2)), 0), width - bw)
