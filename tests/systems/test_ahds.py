@@ -85,6 +85,8 @@ class _SyncExempt:
 
     def __getattr__(self, name):
         fn = getattr(self._ext, name)
+        if not callable(fn) or isinstance(fn, type):  # enum values and classes (gsplat reads both) as they are
+            return fn
 
         def call(*args, **kwargs):
             mode = torch.cuda.get_sync_debug_mode()
