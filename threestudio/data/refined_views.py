@@ -105,8 +105,9 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         """The common loss-box size of a step is rounded up to a multiple of this many pixels (at the
         render resolution; 1 = exact). Each new crop size makes cuDNN build new convolution plans for
         LPIPS-VGG and SSIM (forward and backward), which costs more than the step itself; with exact
-        sizes almost every step of the first hundred meets a new size. The boxes stay around the body
-        (each contains its alpha box), a little more background around it."""
+        sizes almost every step of the first hundred meets a new size. On an H200 at the paper settings
+        stage 3's training took 33 s instead of 58 s (p90 step 42 instead of 220 ms). The boxes stay
+        around the body (each contains its alpha box), with a little more background."""
 
     def __init__(self, cfg: dict | DictConfig | None = None):
         super().__init__()
