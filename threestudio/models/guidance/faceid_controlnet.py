@@ -125,8 +125,9 @@ class FaceIDControlNetGuidance(BaseObject):
         on a fresh machine ``compile_denoiser=false`` is faster (a cold compile costs about 116 s; the whole
         pipeline took 419 s eager against 469 s compiled on a cold cache, and 316 s compiled on a warm one).
         Inductor already runs the attention with cuDNN's fused kernel there (eager PyTorch 2.11 picks it
-        too at stage 2's shapes: putting it first changed neither the time nor the output of VCR). Compiling each UNet / ControlNet block on its own instead ("regional compilation")
-        was measured and dropped: 89.6 against 80.0 ms per step, no shorter first step."""
+        too at stage 2's shapes: putting it first changed neither the time nor the output of VCR).
+        Compiling each UNet / ControlNet block on its own instead ("regional compilation") was measured
+        and dropped: 89.6 against 80.0 ms per step, no shorter first step."""
         vae_layout_optimization: bool = True
         """Let Inductor keep the compiled VAE encoder's activations in channels-last (its
         ``force_layout_optimization``): no NCHW↔NHWC conversions around each cuDNN convolution, the
