@@ -99,6 +99,7 @@ STAGE3 = ["--config", REPO / "configs/reconstruct.yaml", "--config", REPO / "con
     ("stage 3 geometry key", STAGE3, ["system.geometry.lr_meanz=1"], "system.geometry"),
     ("stage 3 loss scale", STAGE3, ["system.loss_scale=0"], "loss_scale must be > 0"),
     ("stage 3 init_from", STAGE3, [], "stage directory not found"),
+    ("stage 3 box multiple", [*STAGE3[:-1], "--check"], ["data.box_multiple=0"], "box_multiple must be 1 or more"),
 ])  # fmt: skip
 def test_bad_input_is_one_clear_error_and_nothing_is_written(tiny_dir, tmp_path, capsys, case, stage, extra, pattern):
     from PIL import Image

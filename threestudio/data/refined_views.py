@@ -25,6 +25,7 @@ from threestudio.ops.camera import Cameras
 from threestudio.ops.losses import common_size_boxes
 from threestudio.utils.config import parse_structured
 from threestudio.utils.distributed import rank_share
+from threestudio.utils.errors import ConfigError
 from threestudio.utils.gpu import to_device_async
 from threestudio.utils.typing import Int, Tensor, UInt8
 
@@ -112,6 +113,10 @@ class RefinedViewsDataModule(pl.LightningDataModule):
     def __init__(self, cfg: dict | DictConfig | None = None):
         super().__init__()
         self.cfg = parse_structured(self.Config, cfg, "data")
+        if self.cfg.box_multiple < 1:
+            raise ConfigError(
+                f"data.box_multiple must be 1 or more pixels (1 = exact loss boxes), got {self.cfg.box_multiple}"
+            )
         self._data = None
 
     def views_per_step(self) -> tuple[str, int]:
