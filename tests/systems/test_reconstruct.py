@@ -33,6 +33,14 @@ def test_reconstruction_lowers_loss_and_raises_psnr(template, tmp_path):
     resident, _, _ = sysm.compute_losses(lean, 0)
     assert resident.keys() == plain.keys() and all(torch.equal(resident[k], plain[k]) for k in plain)
     del sysm._frozen["targets"]
+    from threestudio.data.refined_views import RefinedViewsDataModule
+
+    dm = RefinedViewsDataModule({"init_from": str(s2), "batch_views": 4, "box_multiple": 8})
+    assert next(iter(dm.train_dataloader())).images.shape == (4, 48, 48, 3)
+    assert torch.equal(dm.target_images(held=True), imgs)  # a system holds them: batches then carry none
+    held = next(iter(dm.train_dataloader()))
+    assert held.images is None and held.index.shape == (4,)
+    assert {int(b[2] - b[0]) % 8 for b in held.bbox} | {int(b[3] - b[1]) % 8 for b in held.bbox} <= {0}
     opt = sysm.configure_optimizers()
     it = iter(RandomTargets(cams, imgs, boxes, 4, 0))
     losses, psnrs = [], []

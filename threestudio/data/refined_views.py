@@ -65,12 +65,13 @@ def load_refined_views(trial_dir: str) -> tuple[Cameras, torch.Tensor, torch.Ten
 class RandomTargets(IterableDataset):
     """Infinite stream of :class:`TargetBatch` es of ``batch`` distinct random views (method §8). With
     ``views`` (a data-parallel rank's :func:`~threestudio.utils.distributed.rank_slice`) every rank draws
-    the same global batch and yields its share."""
+    the same global batch and yields its share. ``images`` None: the batches carry no images (the
+    system holds every target and picks them by index)."""
 
     def __init__(
         self,
         cams: Cameras,
-        images: Tensor,
+        images: Tensor | None,
         bbox: Tensor,
         batch: int,
         seed: int,
@@ -89,7 +90,7 @@ class RandomTargets(IterableDataset):
             boxes = common_size_boxes(self.bbox[idx].tolist(), self.cams.width, self.cams.height, self.box_multiple)
             boxes = torch.tensor(boxes)
             idx, boxes = idx[self.views], boxes[self.views]
-            yield TargetBatch(self.cams[idx], self.images[idx], boxes, idx)
+            yield TargetBatch(self.cams[idx], None if self.images is None else self.images[idx], boxes, idx)
 
 
 @threestudio.register("refined-views-datamodule")
@@ -118,6 +119,7 @@ class RefinedViewsDataModule(pl.LightningDataModule):
                 f"data.box_multiple must be 1 or more pixels (1 = exact loss boxes), got {self.cfg.box_multiple}"
             )
         self._data = None
+        self._held = False
 
     def views_per_step(self) -> tuple[str, int]:
         """(config key, value) of the global batch that a data-parallel run splits over its processes."""
@@ -128,8 +130,11 @@ class RefinedViewsDataModule(pl.LightningDataModule):
             self._data = load_refined_views(self.cfg.init_from)
         return self._data
 
-    def target_images(self) -> UInt8[Tensor, "n H W 3"]:
-        """All refined views (uint8), for a system that keeps them on its device."""
+    def target_images(self, held: bool = False) -> UInt8[Tensor, "n H W 3"]:
+        """All refined views [n, H, W, 3] (uint8). ``held``: the caller keeps them (a system, on its GPU)
+        and picks each batch's targets by ``TargetBatch.index``, so the training batches made from then on
+        carry no images (no host gather of the batch's views, 12 MB at 4 x 1024², every step)."""
+        self._held = self._held or held
         return self._load()[1]
 
     def train_dataloader(self):
@@ -137,7 +142,7 @@ class RefinedViewsDataModule(pl.LightningDataModule):
         return DataLoader(
             RandomTargets(
                 cams,
-                images,
+                None if self._held else images,
                 bbox,
                 self.cfg.batch_views,
                 self.cfg.seed,

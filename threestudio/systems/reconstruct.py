@@ -87,7 +87,7 @@ class ReconstructSystem(GaussianSystem):
             self._frozen["lpips"] = lpips_vgg.LPIPSVGG(self.cfg.lpips).to(self.device)
         dm = getattr(self.trainer, "datamodule", None)
         if self.device.type == "cuda" and hasattr(dm, "target_images"):  # 32 uint8 1024² views: ~100 MB
-            self._frozen["targets"] = dm.target_images().to(self.device)
+            self._frozen["targets"] = dm.target_images(held=True).to(self.device)
         self.write_manifest(
             stage="reconstruct",
             init_from=self.stage2["trial_dir"],
