@@ -122,8 +122,9 @@ class FaceIDControlNetGuidance(BaseObject):
         empty cache and 23 s with a warm one (Dynamo still traces the networks: about 16 s); the compiled
         step saves about 21 ms (compiled VAE encoder only: 107 ms, both: 84 ms), about 50 s over 2400
         steps, so the compilation pays for itself from the second run on a machine. For a single run
-        on a fresh machine ``compile_denoiser=false`` is faster (a cold compile costs about 116 s; the whole
-        pipeline took 419 s eager against 469 s compiled on a cold cache, and 316 s compiled on a warm one).
+        on a fresh machine ``compile_denoiser=false`` is faster (a cold compile costs about 100-116 s; on a cold
+        cache the whole pipeline took 419 s eager against 469 s compiled, before stage 3's loss-box rounding
+        saved 20-28 s of both; compiled: 405 s cold, 316 s warm).
         Inductor already runs the attention with cuDNN's fused kernel there (eager PyTorch 2.11 picks it
         too at stage 2's shapes: putting it first changed neither the time nor the output of VCR).
         Compiling each UNet / ControlNet block on its own instead ("regional compilation") was measured
