@@ -22,7 +22,7 @@ python3 bench/animation_fps.py --template .bench/anny_template.npz --motion "${M
 python3 bench/reconstruction.py --template .bench/anny_template.npz --out $OUT/reconstruction.json 2>&1 | tail -60
 python3 bench/refine_views.py --models /tmp/sd15 --template .bench/anny_template.npz --out $OUT/refine.json 2>&1 | grep -v "Warning\|warn\|Loading weights\|should be kept\|LoRA keys\|image_encoder is not" | tail -30
 python3 bench/specular.py --template .bench/anny_template.npz --out $OUT/specular.json 2>&1 | tail -40
-# the whole pipeline (run.sh at paper settings, ~13 min each): under a 24 GB-card budget, then uncapped.
+# the whole pipeline (run.sh at paper settings, 5-7 min each on an H200): under a 24 GB-card budget, then uncapped.
 # Needs a portrait in .bench/ (cp ../shared/data/faces/man.png .bench/) and OpenCV 4 (Haar cascades).
 for cap in 22 0; do
   python3 bench/full_pipeline.py --gsplat-build --models /tmp/sd15 --tiny /tmp/tiny --template .bench/anny_template.npz \
