@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from tests.conftest import face, tiny_guidance_cfg
-from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+from threestudio.models.guidance.faceid_controlnet import (
+    ChannelStatsGroupNorm,
+    FaceIDControlNetGuidance,
+    use_channel_stats_group_norm,
+)
 from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
 from threestudio.ops.sds import (
     clip_grad_per_pixel,
@@ -207,12 +211,17 @@ def _pair(tiny_dir, device, **fast):
 
 @pytest.mark.parametrize("vae_attention", ["bmm", "math"])
 def test_optimised_step_computes_the_same_sds_gradient(tiny_dir, tmp_path, monkeypatch, vae_attention):
-    """Channels-last layout and bmm / SDPA-math attention in the VAE encoder change speed, not the
-    method: the SDS loss and its gradient on the renders agree with the plain step to float32 round-off."""
+    """Channels-last layout, bmm / SDPA-math attention in the VAE encoder and GroupNorms from
+    per-channel statistics (which the compiled CUDA step uses) change speed, not the method: the SDS
+    loss and its gradient on the renders agree with the plain step to float32 round-off."""
     monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
     plain, opt, e = _pair(tiny_dir, "cpu", vae_attention=vae_attention)
     procs = {type(p).__name__ for p in opt.vae.attn_processors.values()}
     assert procs == ({"AttnProcessor"} if vae_attention == "bmm" else {"AttnProcessor2_0"})
+    state = copy.deepcopy(opt.vae.encoder.state_dict())
+    assert use_channel_stats_group_norm(opt.vae.encoder) > 0
+    assert use_channel_stats_group_norm(opt.unet) > 0 and use_channel_stats_group_norm(opt.controlnet) > 0
+    assert opt.vae.encoder.state_dict().keys() == state.keys()  # weights load as before
     opt.set_channels_last(True)
     assert opt.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     loss0, grad0 = _sds_step(plain, e)
@@ -222,6 +231,56 @@ def test_optimised_step_computes_the_same_sds_gradient(tiny_dir, tmp_path, monke
     assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-4
     _, other = _sds_step(opt, e, seed=1)  # and the comparison can fail: another noise draw differs
     assert float((other - grad0).norm() / grad0.norm()) > 1e-2
+
+
+def test_sds_noise_does_not_depend_on_the_latents_memory_layout(tiny_dir, tmp_path, monkeypatch):
+    """The compiled encoder may hand back its latents in another memory layout than the eager one (on
+    an H200 with channel-stats GroupNorms the CUDA step drew other noise than the eager step until this
+    was fixed); the SDS noise of a seed, and so the step, must not depend on it (``randn_like`` fills
+    memory order and did)."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    _, g, e = _pair(tiny_dir, "cpu")
+    encode = g.encode_images
+    out = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        monkeypatch.setattr(g, "encode_images", lambda rgb, m=layout: encode(rgb).contiguous(memory_format=m))
+        out.append(_sds_step(g, e))
+    (loss0, grad0), (loss1, grad1) = out
+    torch.testing.assert_close(loss1, loss0, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad1, grad0, rtol=1e-4, atol=1e-7)
+
+
+def test_pose_embedding_is_shared_by_the_branches(tiny_dir, tmp_path, monkeypatch):
+    """The ControlNet embeds each view's pose once for all branches: a 3-branch batch predicts the same
+    noise as three one-branch calls (each embedding the pose itself), and a pose batch that is not one
+    image per view of a branch is one clear error."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    _, g, e = _pair(tiny_dir, "cpu")
+    torch.manual_seed(0)
+    z, pose = torch.randn(2, 4, 16, 16), torch.rand(2, 3, 32, 32)
+    t = torch.tensor([500, 300])
+    text = [e["neg"], e["pos"], e["null"]]
+    names = ["neg", "pos", "null"]
+    with torch.no_grad():
+        branches = [g.branches[n] for n in names]
+        batched = g.predict_noise(torch.cat([z] * 3), t.repeat(3), torch.cat(text), branches, pose)
+        alone = torch.cat([g.predict_noise(z, t, x, [g.branches[n]], pose) for x, n in zip(text, names, strict=True)])
+    torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+    assert (alone[:2] - alone[2:4]).abs().max() > 1e-4  # the branches differ, so the check can fail
+    with pytest.raises(ValueError, match="need 2 pose images"):
+        g.predict_noise(torch.cat([z] * 3), t.repeat(3), torch.cat(text), branches, pose.repeat(3, 1, 1, 1))
+
+
+def test_channel_stats_group_norm_module_is_a_group_norm():
+    """The swapped module keeps nn.GroupNorm's parameters and computes its function."""
+    m = torch.nn.GroupNorm(4, 8)
+    torch.nn.init.normal_(m.weight)
+    torch.nn.init.normal_(m.bias)
+    x = torch.randn(2, 8, 5, 5) * 2 + 3
+    ref = m(x)
+    assert use_channel_stats_group_norm(torch.nn.Sequential(m)) == 1 and isinstance(m, ChannelStatsGroupNorm)
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+    assert use_channel_stats_group_norm(torch.nn.Sequential(m)) == 0  # already swapped
 
 
 @pytest.mark.gpu

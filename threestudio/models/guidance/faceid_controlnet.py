@@ -21,12 +21,29 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.models.face.identity import FaceIdentity
 from threestudio.models.guidance.hub import download_hint, is_available
+from threestudio.ops.norm import group_norm_channel_stats
 from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
 from threestudio.utils.gpu import resolve_dtype, to_device_async
 from threestudio.utils.io import persist_compile_cache
 from threestudio.utils.typing import Float, Tensor
+
+
+class GroupNormKind(str, Enum):
+    """How the compiled VAE encoder's GroupNorms compute their statistics (``vae_group_norm``)."""
+
+    native = "native"
+    channel_stats = "channel_stats"
+
+
+class ChannelStatsGroupNorm(torch.nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict) whose forward is
+    :func:`~threestudio.ops.norm.group_norm_channel_stats`: statistics per channel over the spatial
+    axes first, then per group. Input [B, C, *S]; same output up to fp32 rounding."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return group_norm_channel_stats(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class VAEAttention(str, Enum):
@@ -43,6 +60,17 @@ class ConditioningBranch:
 
     id_embeds: Tensor
     clip_embeds: Tensor
+
+
+def use_channel_stats_group_norm(module: torch.nn.Module) -> int:
+    """Turn every ``nn.GroupNorm`` inside ``module`` into a :class:`ChannelStatsGroupNorm` in place
+    (parameters untouched); returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m) is torch.nn.GroupNorm:
+            m.__class__ = ChannelStatsGroupNorm
+            n += 1
+    return n
 
 
 @threestudio.register("faceid-controlnet-guidance")
@@ -136,6 +164,16 @@ class FaceIDControlNetGuidance(BaseObject):
         H200 the encoder's forward + backward (4 × 512², bf16) takes 31.9 instead of 34.0 ms and the
         paper-settings step 79.5 instead of 80.5 ms (``bench/stage1_step.py --variants ours_bf16
         ours_without_vae_layout_optimization``)."""
+        vae_group_norm: GroupNormKind = GroupNormKind.channel_stats
+        """The compiled VAE encoder's GroupNorms (only with ``compile_vae_encoder`` and
+        ``vae_layout_optimization``): ``channel_stats`` computes each channel's mean and variance over
+        the pixels first and the group's from them (:func:`~threestudio.ops.norm.group_norm_channel_stats`:
+        the same function, fp32 statistics); ``native`` lets Inductor decompose ``nn.GroupNorm``,
+        whose reductions over a group's few channels of every pixel read channels-last activations
+        scattered (on an H200 its 512² GroupNorm statistics ran at about 300 GB/s). On an H200 the
+        encoder's forward + backward (4 × 512², bf16) takes 27.3 instead of 33.2 ms and the
+        paper-settings step 71.9 instead of 79.5 ms (``bench/stage1_step.py --variants ours_bf16
+        ours_with_native_vae_group_norm``); both bf16 encoders are equally far from the fp32 one."""
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
         graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
@@ -244,6 +282,8 @@ class FaceIDControlNetGuidance(BaseObject):
         proj = self.unet.encoder_hid_proj.image_projection_layers[0]
         proj.shortcut, proj.shortcut_scale = True, c.ip_adapter_shortcut_scale
         self.ip_projection = proj
+        self._pose_repeats = 1
+        self.controlnet.controlnet_cond_embedding.register_forward_hook(self._repeat_pose_embedding)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.set_channels_last(c.channels_last and self.device.type == "cuda")
@@ -256,11 +296,18 @@ class FaceIDControlNetGuidance(BaseObject):
             persist_compile_cache()
         if c.compile_vae_encoder and can_compile:
             opts = {"force_layout_optimization": True} if c.vae_layout_optimization else None
+            if opts and c.vae_group_norm is GroupNormKind.channel_stats:
+                use_channel_stats_group_norm(self.vae.encoder)
             self.vae.encoder = torch.compile(self.vae.encoder, options=opts)
         if c.compile_denoiser and can_compile:
             self.unet, self.controlnet = torch.compile(self.unet), torch.compile(self.controlnet)
         self._graphs: dict = {}
         self.loaded = True
+
+    def _repeat_pose_embedding(self, module, args, out: Tensor) -> Tensor:
+        """Forward hook of the ControlNet's conditioning embedding: the pose embeddings of one branch's
+        rows [n/k, C, h, w], tiled for the k branches (:meth:`predict_noise`)."""
+        return out.repeat(self._pose_repeats, 1, 1, 1) if self._pose_repeats > 1 else out
 
     def set_channels_last(self, on: bool) -> None:
         """Put the UNet, ControlNet and VAE weights (and, from now on, their inputs) in channels-last
@@ -346,14 +393,27 @@ class FaceIDControlNetGuidance(BaseObject):
     def predict_noise(
         self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list[ConditioningBranch], pose: Tensor
     ) -> Tensor:
-        """ε̂ for a batch whose rows are grouped by ``branches`` (len(branches) equal chunks).
+        """ε̂ for a batch whose rows are grouped by ``branches`` (k = len(branches) equal chunks of the
+        same n/k views).
+
+        The ControlNet's pose embedding depends on the pose image only, so it is computed once per view
+        and shared by the k branches (the same numbers as embedding the pose k times).
 
         Args:
             latents_t: [n, 4, h, w] noisy latents; t: [n] timesteps; text: [n, 77, D] text tokens;
-            pose: [n, 3, h·f, w·f] OpenPose images in [0, 1] (f = VAE factor).
+            pose: [n/k, 3, h·f, w·f] OpenPose images in [0, 1] of one branch's rows (f = VAE factor).
+
+        Raises:
+            ValueError: n is not a multiple of k, or ``pose`` does not hold n/k images.
         """
         n, k = latents_t.shape[0], len(branches)
         per = n // k
+        if per * k != n or pose.shape[0] != per:
+            raise ValueError(
+                f"predict_noise: {n} latents in {k} branches need {n // max(k, 1)} pose images (one per view "
+                f"of a branch), got {pose.shape[0]}"
+            )
+        self._pose_repeats = k
         ids = torch.cat([b.id_embeds.expand(per, -1) for b in branches])[:, None]
         self.ip_projection.clip_embeds = torch.cat([b.clip_embeds.expand(per, -1, -1) for b in branches])[:, None]
         down, mid = self.controlnet(
@@ -440,7 +500,9 @@ class FaceIDControlNetGuidance(BaseObject):
         t = to_device_async(self.schedule.sample(step, B), self.device)
         with torch.no_grad():
             z0 = latents.detach().to(self.dtype)  # fp16 path: the latents leave encode_images in fp32
-            noise = torch.randn_like(z0)
+            # randn_like would fill z0's memory order: the draw would depend on the layout the compiled
+            # encoder chose for its output; a contiguous draw is the same noise in every layout
+            noise = torch.randn(z0.shape, device=z0.device, dtype=z0.dtype)
             z_t = self.scheduler.add_noise(z0, noise, t)
             size = latents.shape[-1] * self.vae_scale_factor
             pose_in = F.interpolate(
@@ -452,7 +514,7 @@ class FaceIDControlNetGuidance(BaseObject):
                 torch.cat([t] * 3),
                 torch.cat([text_neg, text_pos, text_null]).to(self.device, self.dtype),
                 [b["neg"], b["pos"], b["null"]],
-                torch.cat([pose_in] * 3).contiguous(memory_format=self._layout),
+                pose_in.contiguous(memory_format=self._layout),
             )
             eps_neg, eps_pos, eps_null = eps.float().chunk(3)
             grad = anpg_gradient(

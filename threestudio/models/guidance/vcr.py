@@ -223,12 +223,11 @@ class VCRRefiner:
         p = F.interpolate(
             pose[grp].permute(0, 3, 1, 2).float().to(dev), size=size, mode="bilinear", align_corners=False
         ).to(guidance.dtype)
-        pz = torch.cat([p, p])
         br = guidance.branches
         for k, t in enumerate(self.grid):
             self.ctx.step = k
             tt = torch.full((2 * len(grp),), t, device=dev, dtype=torch.long)
-            eps = guidance.predict_noise(torch.cat([z, z]), tt, text, [br["neg"], br["pos"]], pz).float()
+            eps = guidance.predict_noise(torch.cat([z, z]), tt, text, [br["neg"], br["pos"]], p).float()
             e_u, e_c = eps.chunk(2)
             e = e_u + self.guidance_scale * (e_c - e_u)
             a_prev = ac[self.grid[k + 1]] if k + 1 < len(self.grid) else ac[0]
