@@ -1,8 +1,9 @@
 """One paper-settings stage-1 (AHDS) step on a CUDA GPU with real-size networks in random weights:
 batch 4, 1024² gsplat renders, 512² SDS, 3 conditioning branches (neg/pos/null) through
 ControlNet + UNet with IP-Adapter FaceID-Plus-v2, 100k Gaussians. Reports time per step and peak
-GPU memory for our step (bf16 guidance; compiled VAE encoder with bf16 bmm attention; compiled UNet
-and ControlNet, their noise prediction replayed from a CUDA graph; skeletons and prompts made on the
+GPU memory for our step (bf16 guidance; compiled VAE encoder with bf16 bmm attention and GroupNorms
+from per-channel statistics; compiled UNet and ControlNet, their noise prediction replayed from a CUDA
+graph, each view's skeleton embedded once for the three branches; skeletons and prompts made on the
 CPU before the batch moves) and, in the same run, for the naive reference: the same step as the
 reference code ran it (fp16 weights, eager diffusers, default attention and layout), and for each
 lever toggled alone (``--ablations``; channels-last layout is measured turned on). ``--breakdown`` adds
@@ -44,6 +45,7 @@ VARIANTS = {
     "ours_without_compiled_vae_encoder": ["system.guidance.compile_vae_encoder=false"],
     "ours_without_compiled_denoiser": ["system.guidance.compile_denoiser=false"],
     "ours_without_vae_layout_optimization": ["system.guidance.vae_layout_optimization=false"],
+    "ours_with_native_vae_group_norm": ["system.guidance.vae_group_norm=native"],
 }
 """Named config overrides of the guidance measured by this benchmark."""
 
