@@ -1,4 +1,4 @@
-"""Normalisation layers written for the compiler, same math as PyTorch's.
+"""Normalisation functions written for the compiler, same math as PyTorch's.
 
 * :func:`group_norm_channel_stats`: GroupNorm (Wu & He, ECCV 2018, Eq. 1-2) computed from
   per-channel spatial statistics, so that a compiler's reductions run along the spatial axes only.
