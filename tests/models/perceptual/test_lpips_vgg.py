@@ -54,3 +54,46 @@ def test_matches_the_lpips_package(tiny_dir):
     x, y = torch.rand(3, 3, 64, 48, generator=g), torch.rand(3, 3, 64, 48, generator=g)
     want = ref(x, y, normalize=True).flatten()
     torch.testing.assert_close(ours(x, y), want, rtol=1e-4, atol=1e-6)
+
+
+def _lpips_one_trunk_pass(m, x, y):
+    """Eq. 1 with x and y through the VGG trunk in one batch (how LPIPS is usually computed)."""
+    from threestudio.models.perceptual.lpips_vgg import SLICE_ENDS, _unit
+
+    z = ((2 * torch.cat([x, y]) - 1) - m.shift) / m.scale
+    d, start = 0.0, 0
+    for end, lin in zip(SLICE_ENDS, m.lins, strict=True):
+        z = m.features[start:end](z)
+        start = end
+        fx, fy = _unit(z).chunk(2)
+        d = d + lin((fx - fy) ** 2).mean(dim=(2, 3))[:, 0]
+    return d
+
+
+def test_separate_trunk_passes_give_the_one_pass_distance_and_gradients(tiny_dir):
+    """x and y run through the trunk separately (the target without autograd): the same distance and
+    input gradients as one pass over cat([x, y])."""
+    m = LPIPSVGG(_vgg(tiny_dir))
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.rand(2, 3, 48, 40, generator=g)
+    y0 = (x0 + 0.1 * torch.randn(x0.shape, generator=g)).clamp(0, 1)
+    for y_grad in (False, True):
+        got, want = [], []
+        for fn, out in ((m, got), (lambda a, b: _lpips_one_trunk_pass(m, a, b), want)):
+            x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_(y_grad)
+            d = fn(x, y)
+            d.sum().backward()
+            out += [d.detach(), x.grad, y.grad]
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-9)
+        if y_grad:
+            torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-9)
+        else:
+            assert got[2] is None and want[2] is None
+
+
+def test_target_features_are_computed_without_autograd(tiny_dir):
+    m = LPIPSVGG(_vgg(tiny_dir))
+    img = torch.rand(1, 3, 32, 32)
+    assert not any(f.requires_grad for f in m.features_of(img))  # frozen trunk, input without grad
+    assert all(f.requires_grad for f in m.features_of(img.clone().requires_grad_()))
