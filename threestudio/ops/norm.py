@@ -6,10 +6,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor
 
 
+# runs inside compiled code that is saved to disk (threestudio.utils.aot): no test-time type-check
+# wrapper, whose memo stack is Python state that a saved function cannot replay
+@typing.no_type_check
 def group_norm_channel_stats(
     x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
 ) -> Tensor:

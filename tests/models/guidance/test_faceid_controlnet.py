@@ -7,6 +7,7 @@ from tests.conftest import face, tiny_guidance_cfg
 from threestudio.models.guidance.faceid_controlnet import (
     ChannelStatsGroupNorm,
     FaceIDControlNetGuidance,
+    noise_prediction,
     use_channel_stats_group_norm,
 )
 from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
@@ -14,6 +15,7 @@ from threestudio.ops.sds import (
     clip_grad_per_pixel,
     scale_grad,
 )
+from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
 from threestudio.utils.gpu import resolve_dtype
 
 
@@ -283,6 +285,36 @@ def test_channel_stats_group_norm_module_is_a_group_norm():
     assert use_channel_stats_group_norm(torch.nn.Sequential(m)) == 0  # already swapped
 
 
+def test_noise_prediction_and_encoder_compile_whole_and_load_from_disk(tiny_dir, tmp_path, monkeypatch):
+    """The compiled stage-1 networks trace without graph breaks (``fullgraph``, the condition for
+    keeping them on disk): the noise prediction of the three branches and the VAE encoder's forward and
+    backward, compiled and then loaded by a fresh instance, give the eager numbers."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    _, g, e = _pair(tiny_dir, "cpu")
+    torch.manual_seed(0)
+    z, pose, t = torch.randn(6, 4, 16, 16), torch.rand(2, 3, 32, 32), torch.tensor([500, 300] * 3)
+    text, branches = torch.cat([e["neg"], e["pos"], e["null"]]), [g.branches[n] for n in ("neg", "pos", "null")]
+    x, up = torch.rand(2, 3, 32, 32, requires_grad=True), torch.randn(2, 8, 16, 16)
+    encoder = g.vae.encoder
+    assert use_channel_stats_group_norm(encoder) > 0  # as compiled on CUDA
+    with torch.no_grad():
+        ref = g.predict_noise(z, t, text, branches, pose)
+    (encoder(x) * up).sum().backward()
+    ref_grad, x.grad = x.grad.clone(), None
+    for source in ("compiled", "disk"):
+        torch._dynamo.reset()
+        g._denoise = DiskCompiled(noise_prediction, "noise-prediction", backend="aot_eager")
+        with torch.no_grad():
+            torch.testing.assert_close(g.predict_noise(z, t, text, branches, pose), ref)
+        assert g._denoise.last_source == source
+        wrapped = DiskCompiledModule(encoder, "vae-encoder", backend="aot_eager")
+        (wrapped(x) * up).sum().backward()
+        torch.testing.assert_close(x.grad, ref_grad)
+        assert wrapped.compiled.last_source == source
+        x.grad = None
+    assert len(list((tmp_path / "aot").glob("*.bin"))) == 2
+
+
 @pytest.mark.gpu
 def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, monkeypatch):
     """The default fast step on CUDA (compiled VAE encoder with bmm attention, compiled UNet and
@@ -299,6 +331,15 @@ def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, mo
         torch.testing.assert_close(loss1, loss0, rtol=1e-3, atol=1e-6)
         assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-3
     assert len(opt._graphs) == 1
+    assert opt._denoise.last_source == "compiled" and opt.vae.encoder.compiled.last_source == "compiled"
+    torch._dynamo.reset()  # as a new process: the compiled networks come from the disk cache
+    again = FaceIDControlNetGuidance(opt.cfg)
+    again.load("cuda")
+    again.prepare_identity(str(face("man.png")))
+    loss1, grad1 = _sds_step(again, e, 1, "cuda")
+    assert again._denoise.last_source == "disk" and again.vae.encoder.compiled.last_source == "disk"
+    torch.testing.assert_close(loss1, loss0, rtol=1e-3, atol=1e-6)
+    assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-3
 
 
 def test_vae_layout_optimization_is_an_inductor_option_of_this_torch():
