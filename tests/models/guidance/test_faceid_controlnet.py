@@ -290,10 +290,13 @@ def test_noise_prediction_and_encoder_compile_whole_and_load_from_disk(tiny_dir,
     keeping them on disk): the noise prediction of the three branches and the VAE encoder's forward and
     backward, compiled and then loaded by a fresh instance, give the eager numbers."""
     monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
-    _, g, e = _pair(tiny_dir, "cpu")
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32"))
+    g.load("cpu")
+    g.prepare_identity(str(face("man.png")))
     torch.manual_seed(0)
     z, pose, t = torch.randn(6, 4, 16, 16), torch.rand(2, 3, 32, 32), torch.tensor([500, 300] * 3)
-    text, branches = torch.cat([e["neg"], e["pos"], e["null"]]), [g.branches[n] for n in ("neg", "pos", "null")]
+    text = torch.randn(6, 77, g.unet.config.cross_attention_dim)
+    branches = [g.branches[n] for n in ("neg", "pos", "null")]
     x, up = torch.rand(2, 3, 32, 32, requires_grad=True), torch.randn(2, 8, 16, 16)
     encoder = g.vae.encoder
     assert use_channel_stats_group_norm(encoder) > 0  # as compiled on CUDA
