@@ -69,9 +69,19 @@ class ConditioningBranch:
 def noise_prediction(
     controlnet, unet, latents_t: Tensor, t: Tensor, text: Tensor, ids: Tensor, pose: Tensor, controlnet_scale: float
 ) -> Tensor:
-    """ε̂ [n, 4, h, w] of the ControlNet-conditioned UNet (:meth:`FaceIDControlNetGuidance.predict_noise`
-    sets the IP-Adapter's CLIP tokens and the pose-embedding repeats first). A module-level function
-    of its arguments so that it can be compiled once and kept on disk (:class:`DiskCompiled`)."""
+    """ε̂ of the ControlNet-conditioned UNet with IP-Adapter FaceID-Plus-v2 (method §5;
+    :meth:`FaceIDControlNetGuidance.predict_noise` sets the IP-Adapter's CLIP tokens and the
+    pose-embedding repeats first). A module-level function of its arguments so that it can be
+    compiled once and kept on disk (:class:`~threestudio.utils.aot.DiskCompiled`).
+
+    Args:
+        latents_t: [n, 4, h, w] noisy latents in the network dtype; t: [n] int64 timesteps;
+        text: [n, 77, D] text tokens; ids: [n, 1, 512] ArcFace embeddings;
+        pose: [n/k, 3, h·f, w·f] OpenPose images in [0, 1], one per view of a branch (f: VAE factor);
+        controlnet_scale: ControlNet residual scale.
+
+    Returns:
+        [n, 4, h, w] predicted noise, network dtype."""
     down, mid = controlnet(
         latents_t,
         t,
