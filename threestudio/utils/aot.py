@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 FORMAT = "gip-aot-1"
 """Changes whenever what the key covers or the guard policy changes (old files are then ignored)."""
 _SIMPLE = (bool, int, float, str, type(None))
-_file_hashes: dict[str, str] = {}
 
 
 def keep_tensor_guards(entries) -> list[bool]:
@@ -67,15 +66,14 @@ def keep_tensor_guards(entries) -> list[bool]:
     return [e.guard_type == "TENSOR_MATCH" for e in entries]
 
 
+@functools.cache
 def _file_hash(path: str | None) -> str:
     if not path:
         return "?"
-    if path not in _file_hashes:
-        try:
-            _file_hashes[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-        except OSError:
-            _file_hashes[path] = "?"
-    return _file_hashes[path]
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "?"
 
 
 def _package_version(module_name: str) -> str:

@@ -373,7 +373,7 @@ class FaceIDControlNetGuidance(BaseObject):
             if hasattr(proc, "scale") and isinstance(proc.scale, list):
                 proc.scale = [scale] * len(proc.scale)
         self.ip_projection.shortcut_scale = shortcut_scale
-        if isinstance(getattr(self, "_denoise", None), DiskCompiled):  # compiled with the old scales baked in
+        if isinstance(self._denoise, DiskCompiled):  # compiled with the old scales baked in
             self._denoise.clear()
         self._graphs = {}
 
