@@ -169,8 +169,9 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self.strategy = DensifyStrategy(self.cfg.densify)
         self._val_images: list = []
         self._test_frames: list = []
-        self._writer = BackgroundWriter()
-        """Validation grids are encoded and written on a worker thread while training goes on."""
+        self._writer = BackgroundWriter(workers=2)
+        """Validation grids, the avatar PLY and the turntable video are written on worker threads while
+        training, the test renders or the other file go on (:meth:`finish_writes` waits for them)."""
         self.replica_checks: list[dict] = []
         """Data-parallel runs: the replicas' parameter checksums at each densify event (manifest ``replicas``)."""
         self.timings: dict[str, float] = {}
@@ -181,6 +182,11 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         """Host clock at the end of each training step (``step_ms`` of the manifest)."""
         self._exported: tuple | None = None
         """(step, Gaussian count) of the avatar files last written by :meth:`export`."""
+        self._queued: tuple | None = None
+        """(step, Gaussian count) of an avatar PLY queued on the writer and not yet waited for."""
+        self._pending_manifest: dict = {}
+        """Manifest entries of queued files (avatar, turntable), written by :meth:`finish_writes` once
+        the files are there."""
 
     def report(self, msg: str) -> None:
         self.print(msg) if self._trainer is not None else print(msg)
@@ -367,6 +373,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._tick("test")
 
     def on_test_end(self) -> None:
+        self.finish_writes()
         self._tock("test")
         self._write_timings()
 
@@ -405,14 +412,13 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         frames = self._test_frames
-        if frames:  # rank 0 only (test_step)
-            save_video(self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps)
-            self.write_manifest(turntable="save/turntable.mp4")
+        if frames:  # rank 0 only (test_step); encoded while the avatar PLY is written (finish_writes)
+            self._writer.submit(save_video, self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps)
+            self._pending_manifest["turntable"] = "save/turntable.mp4"
         self._test_frames = []
         self.export()
 
     def on_train_end(self) -> None:
-        self._writer.wait()
         self._tock("train")
         if "validation" in self.timings:  # validation runs inside the training loop: count it once
             self.timings["train"] -= self.timings["validation"]
@@ -420,18 +426,21 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._write_timings()
 
     def export(self) -> None:
-        """Write ``save/avatar.ply`` (standard 3DGS PLY) and record it in the manifest (rank 0 only).
-        The files are not written again while the Gaussians are those of the last export (the test
-        turntable after training exports the avatar that the end of training already wrote)."""
+        """Queue ``save/avatar.ply`` (standard 3DGS PLY; rank 0 only): the Gaussians are copied to host
+        memory now and the file is written on the background writer, while the test turntable renders;
+        :meth:`finish_writes` waits for it and then records it in the manifest. The file is not
+        written again while the Gaussians are those of the last export (the test turntable after
+        training exports the avatar that the end of training already queued)."""
         if not self.is_writer:
             return
         state, ply = (self.step, self.geometry.num_points), self.save_path("avatar.ply")
-        if state != self._exported or not ply.is_file():
-            self.geometry.save_ply(ply)
+        written = state == self._exported and ply.is_file()
+        if not written and state != self._queued:
+            self.geometry.save_ply(ply, writer=self._writer)
             if self.appearance is not None:
                 self.appearance.save(self.save_path("avatar" + SPECULAR_SUFFIX))
-            self._exported = state
-        self.write_manifest(
+            self._queued = state
+        self._pending_manifest.update(
             specular=self.appearance is not None,
             avatar="save/avatar.ply",
             body=self.body_type,
@@ -439,3 +448,13 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
             step=self.step,
             **self.memory_record(),
         )
+
+    def finish_writes(self) -> None:
+        """Wait for every queued file (validation grids, avatar PLY, turntable video), re-raising the
+        first write error, then record the written files in the manifest."""
+        self._writer.wait()
+        if self._queued is not None:
+            self._exported, self._queued = self._queued, None
+        if self._pending_manifest and self.is_writer:
+            self.write_manifest(**self._pending_manifest)
+        self._pending_manifest = {}

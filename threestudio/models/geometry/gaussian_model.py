@@ -183,13 +183,19 @@ class GaussianModel(BaseModule):
     def numpy_params(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k).detach().float().cpu().numpy() for k in PARAM_NAMES}
 
-    def save_ply(self, path: str | Path, extra: dict | None = None) -> None:
+    def save_ply(self, path: str | Path, extra: dict | None = None, writer=None) -> None:
         """Write a standard 3DGS PLY (see :mod:`threestudio.utils.ply`) atomically; specular features,
-        if any, as the extra properties ``spec_0..spec_{D-1}`` (ignored by other 3DGS tools)."""
+        if any, as the extra properties ``spec_0..spec_{D-1}`` (ignored by other 3DGS tools). With a
+        ``writer`` (:class:`~threestudio.utils.io.BackgroundWriter`) the Gaussians are copied to host
+        memory now and the file is written on its worker thread (``writer.wait()`` finishes it)."""
         extra = dict(extra or {})
         if self.cfg.spec_feature_dim > 0:
             extra["spec"] = self.spec_features.detach().float().cpu().numpy()
-        write_gaussian_ply(path, self.numpy_params(), extra)
+        args = (path, self.numpy_params(), extra)
+        if writer is None:
+            write_gaussian_ply(*args)
+        else:
+            writer.submit(write_gaussian_ply, *args)
 
     def load_ply(self, path: str | Path) -> dict:
         """Load Gaussians from a 3DGS PLY; returns the extra per-vertex properties.
