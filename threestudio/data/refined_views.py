@@ -54,11 +54,19 @@ class TargetBatch:
 def load_refined_views(trial_dir: str) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
     """Cameras, refined images [n, H, W, 3] (uint8, as stored) and loss boxes [n, 4] of a finished
     refine stage."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import imageio.v3 as iio
 
     man = read_stage(trial_dir, "refine", ("cameras",))
     views = read_view_records(Path(man["trial_dir"]) / man["cameras"])
-    imgs = [torch.from_numpy(np.asarray(iio.imread(Path(man["trial_dir"]) / v.refined))[..., :3].copy()) for v in views]
+
+    def read(v) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(iio.imread(Path(man["trial_dir"]) / v.refined))[..., :3].copy())
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PNG decoding releases the GIL
+        imgs = list(pool.map(read, views))
     return cameras_of(views), torch.stack(imgs), torch.tensor([v.bbox for v in views], dtype=torch.long)
 
 

@@ -61,12 +61,14 @@ def to_uint8(img) -> np.ndarray:
 
 
 def save_image(path: str | Path, img) -> None:
-    """Write a [H, W, 3] float image in [0, 1] (or uint8) as PNG, atomically."""
+    """Write a [H, W, 3] float image in [0, 1] (or uint8) as PNG, atomically. zlib level 1: the same
+    lossless pixels as the default level 6, a third less time to encode (1024² renders), a few
+    percent larger files."""
     import imageio.v3 as iio
 
     arr = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, arr, extension=".png")
+        iio.imwrite(tmp, arr, extension=".png", compress_level=1)
 
 
 class BackgroundWriter:
