@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from threestudio.models.perceptual.lpips_vgg import LPIPSVGG, missing
-from threestudio.utils.errors import MissingModelError
+from threestudio.utils.errors import ConfigError, MissingModelError
 
 
 def _vgg(tiny_dir):
@@ -97,3 +97,25 @@ def test_target_features_are_computed_without_autograd(tiny_dir):
     img = torch.rand(1, 3, 32, 32)
     assert not any(f.requires_grad for f in m.features_of(img))  # frozen trunk, input without grad
     assert all(f.requires_grad for f in m.features_of(img.clone().requires_grad_()))
+
+
+def test_bf16_trunk_stays_close_to_fp32_and_bad_precision_is_refused(tiny_dir):
+    """``trunk_precision=bf16`` (autocast on the VGG trunk): the same distance within 1 % and an image
+    gradient pointing the same way (cosine > 0.97) as the float32 trunk."""
+    m32 = LPIPSVGG({**_vgg(tiny_dir), "trunk_precision": "fp32"})
+    mbf = LPIPSVGG({**_vgg(tiny_dir), "trunk_precision": "bf16"})
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.rand(2, 3, 96, 64, generator=g)
+    y = (x0 + 0.1 * torch.randn(x0.shape, generator=g)).clamp(0, 1)
+    out = []
+    for m in (m32, mbf):
+        x = x0.clone().requires_grad_(True)
+        d = m(x, y)
+        d.sum().backward()
+        out.append((d.detach(), x.grad))
+    (d32, g32), (dbf, gbf) = out
+    assert dbf.dtype == torch.float32 and float(((dbf - d32).abs() / d32).max()) < 1e-2
+    assert float(torch.nn.functional.cosine_similarity(g32.flatten(), gbf.flatten(), dim=0)) > 0.97
+    assert not torch.equal(g32, gbf)  # the bf16 trunk did run
+    with pytest.raises(ConfigError, match="trunk_precision must be auto, bf16 or fp32"):
+        missing({**_vgg(tiny_dir), "trunk_precision": "fp16"})  # stage 3's preflight, before anything is written
