@@ -16,7 +16,7 @@ from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.sds import sparsity_loss
 from threestudio.systems.base import GaussianSystem
 from threestudio.utils.errors import MissingModelError
-from threestudio.utils.gpu import to_device_async
+from threestudio.utils.gpu import PhaseClock, to_device_async
 
 
 @dataclass
@@ -93,15 +93,20 @@ class AHDSSystem(GaussianSystem):
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        clock = PhaseClock(self.device)  # the parts of ``setup`` in the manifest's timings_s (setup_<part>)
         gcfg = dict(self.cfg.guidance)
         gcfg["n_steps"] = gcfg.get("n_steps") or self.max_steps
         self.guidance = threestudio.find(self.cfg.guidance_type)(gcfg)
         self.guidance.load(self.device)
+        clock.lap("setup_load_models")
         self.guidance.prepare_identity(self.cfg.face_image)
         self.guidance.free_image_encoder()
+        clock.lap("setup_identity")
         self.prompt_processor = threestudio.find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_processor.prepare(self.device)
         self.prompt_processor.to(self.device)
+        clock.lap("setup_prompts")
+        self.timings.update(clock.laps)
         self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))
 
     # ------------------------------------------------------------------ training
