@@ -119,3 +119,15 @@ def test_bf16_trunk_stays_close_to_fp32_and_bad_precision_is_refused(tiny_dir):
     assert not torch.equal(g32, gbf)  # the bf16 trunk did run
     with pytest.raises(ConfigError, match="trunk_precision must be auto, bf16 or fp32"):
         missing({**_vgg(tiny_dir), "trunk_precision": "fp16"})  # stage 3's preflight, before anything is written
+
+
+def test_unit_normalisation_has_a_finite_gradient_at_an_all_zero_pixel():
+    from threestudio.models.perceptual.lpips_vgg import _unit
+
+    f = torch.rand(1, 4, 2, 3)
+    f[0, :, 1, 2] = 0  # a pixel whose ReLU features are all zero
+    f.requires_grad_(True)
+    u = _unit(f)
+    torch.testing.assert_close(u[0, :, 0, 0], f[0, :, 0, 0] / f[0, :, 0, 0].norm(), rtol=1e-5, atol=1e-7)
+    u.sum().backward()
+    assert bool(torch.isfinite(f.grad).all())  # sqrt(sum(f²)) gave NaN there

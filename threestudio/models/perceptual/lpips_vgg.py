@@ -197,5 +197,7 @@ class LPIPSVGG(nn.Module):
 
 
 def _unit(f: Tensor, eps: float = 1e-10) -> Tensor:
-    """Normalise each pixel's feature vector to unit length (LPIPS ``normalize_tensor``)."""
-    return f / (f.pow(2).sum(1, keepdim=True).sqrt() + eps)
+    """Normalise each pixel's feature vector to unit length (LPIPS ``normalize_tensor``). The norm is
+    one fused reduction (no squared copy of the activations), and finite at an all-zero pixel,
+    where the gradient of ``sqrt(sum(f²))`` is NaN."""
+    return f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + eps)
