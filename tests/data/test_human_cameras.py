@@ -45,3 +45,20 @@ def test_data_parallel_ranks_share_out_the_one_process_batches():
         assert [len(p) for p in parts] == [2, 2] and {p.mode for p in parts} == {whole.mode}
         joined = Cameras.cat(parts)
         assert torch.equal(joined.c2w, whole.c2w) and torch.equal(joined.fovy_rad, whole.fovy_rad)
+
+
+def test_fixed_cameras_come_in_batches_of_consecutive_views_in_order():
+    import pytest
+
+    from threestudio.data.human_cameras import FixedCameras
+    from threestudio.ops.camera import ring_cameras
+
+    cams = ring_cameras(10, 17.0, 1.5, 70.0, 32)
+    ds = FixedCameras(cams, views_per_batch=4)
+    batches = [ds[i] for i in range(len(ds))]
+    assert len(ds) == 3 and [len(b) for b in batches] == [4, 4, 2]
+    torch.testing.assert_close(torch.cat([b.azimuth_deg for b in batches]), cams.azimuth_deg)
+    with pytest.raises(IndexError):
+        ds[3]
+    with pytest.raises(ValueError, match="views_per_batch"):
+        FixedCameras(cams, views_per_batch=0)

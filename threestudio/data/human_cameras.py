@@ -120,17 +120,27 @@ class RandomHumanCameras(IterableDataset):
             yield self.sample()[self.views]
 
 
-class FixedCameras(Dataset):
-    """A fixed list of single-view batches (validation / test)."""
+EVAL_VIEWS_PER_BATCH = 8
+"""Views rendered together by a validation / test step: one gsplat call and one copy to the host for
+eight views instead of eight (the order of the views is kept)."""
 
-    def __init__(self, cams: Cameras):
-        self.cams = cams
+
+class FixedCameras(Dataset):
+    """A fixed list of views (validation / test) in batches of ``views_per_batch`` consecutive views
+    (the last one may be shorter)."""
+
+    def __init__(self, cams: Cameras, views_per_batch: int = EVAL_VIEWS_PER_BATCH):
+        if views_per_batch < 1:
+            raise ValueError(f"views_per_batch must be >= 1, got {views_per_batch}")
+        self.cams, self.k = cams, views_per_batch
 
     def __len__(self) -> int:
-        return len(self.cams)
+        return -(-len(self.cams) // self.k)
 
     def __getitem__(self, i: int) -> Cameras:
-        return self.cams[i]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.cams[i * self.k : (i + 1) * self.k]
 
 
 def validation_cameras(c: DictConfig) -> Cameras:

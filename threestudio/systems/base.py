@@ -395,7 +395,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         if self.is_writer:  # rank 0 renders and writes the validation grid
-            self._val_images.append(self.render(batch)["comp_rgb"][0].cpu())
+            self._val_images.extend(self.render(batch)["comp_rgb"].cpu().unbind(0))
 
     def on_validation_epoch_end(self) -> None:
         imgs = self._val_images
@@ -408,7 +408,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
     @torch.no_grad()
     def test_step(self, batch, batch_idx):
         if self.is_writer:  # rank 0 renders and writes the turntable
-            self._test_frames.append(self.render(batch)["comp_rgb"][0].cpu())
+            self._test_frames.extend(self.render(batch)["comp_rgb"].cpu().unbind(0))
 
     def on_test_epoch_end(self) -> None:
         frames = self._test_frames
