@@ -213,7 +213,9 @@ def test_missing_lpips_weights_stop_stage_3_before_anything_is_written(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, tmp_path, capsys):
+def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, tmp_path, capsys, monkeypatch):
+    releases = []
+    monkeypatch.setattr(launch, "release_gpu_memory", lambda: releases.append(1))
     check = ["--config", REPO / "configs/reconstruct.yaml", "--check", "system.init_from=later"]
     stage1 = ["--banner", "== first", *tiny_stage1_args(tmp_path / "a", steps=2)]
     # a failing check first: the chain stops with its status; the stage-1 launch after it never starts
@@ -226,6 +228,7 @@ def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, t
     rc, out, err = main([*check, "system.lambda_lpips=0", "--then", *stage1, "--then", *stage1b], capsys)
     assert rc == 0, err[-3000:]
     assert out.index("config and model files OK") < out.index("== first") < out.index("== second")
+    assert len(releases) == 1  # memory released between the two stage launches, not after the check
     for root, steps in ((tmp_path / "a", 2), (tmp_path / "b", 3)):
         (trial,) = trials(root)
         man = json.loads((trial / "manifest.json").read_text())
