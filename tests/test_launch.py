@@ -274,3 +274,22 @@ def test_show_config_of_a_stage_file_shows_its_values_and_the_plugins_options(st
         assert "renderer_type: 'torch-splat-renderer'" in out and "    tile_size: 16" in out  # the chosen plugin
         assert "    max_points: 8000" in out  # typed densify block with the tiny preset's value
     assert main(["--show-config", "no-such-plugin"], capsys)[0] == 2
+
+
+def test_a_finished_launch_leaves_no_stage_objects_alive(tiny_dir, tmp_path, capsys):
+    """What a chain releases between launches (``release_gpu_memory``): the finished stage's system, its
+    guidance (the diffusion networks, CUDA graphs, compiled functions) and its Lightning trainer are
+    garbage afterwards, so none of their GPU memory reaches the next stage."""
+    import gc
+
+    import pytorch_lightning as pl
+
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+    from threestudio.systems.ahds import AHDSSystem
+
+    rc, _, err = main(tiny_stage1_args(tmp_path, steps=2), capsys)
+    assert rc == 0, err[-3000:]
+    launch.release_gpu_memory()
+    kinds = (AHDSSystem, FaceIDControlNetGuidance, pl.Trainer)  # by type(): weak proxies are not the objects
+    alive = [type(o).__name__ for o in gc.get_objects() if issubclass(type(o), kinds)]
+    assert alive == []
