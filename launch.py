@@ -332,6 +332,7 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     from threestudio.utils.errors import UserError
 
@@ -353,8 +354,6 @@ def _run_system(system, system_cls, cfg, mode: str, trial_dir: Path, ckpt, data_
         save_last=True,
         save_top_k=-1,
     )
-    from pytorch_lightning.plugins.io import AsyncCheckpointIO
-
     profiler = None
     if t.profile:
         from pytorch_lightning.profilers import SimpleProfiler
