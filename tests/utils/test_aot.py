@@ -114,6 +114,25 @@ def test_what_was_baked_in_is_part_of_the_key(tmp_path, backend, block):
     assert g.last_source == "compiled" and len(_files(tmp_path)) == 5
 
 
+def test_a_dynamic_batch_is_one_compiled_function_for_every_batch_size(tmp_path, backend, block):
+    """``dynamic_batch``: one file serves every batch size (compiled, then loaded by a new process),
+    with the numbers of the eager function; other dims are still part of the key."""
+    xs = [torch.randn(n, 3, 8, 8) for n in (3, 2, 5)]
+    with torch.no_grad():
+        torch._dynamo.reset()
+        f = DiskCompiled(block_fn, "block", cache_dir=tmp_path, backend=backend, dynamic_batch=(1,))
+        for x in xs:
+            torch.testing.assert_close(f(block, x, 0.5), block_fn(block, x, 0.5))
+            assert f.last_source == "compiled" and len(_files(tmp_path)) == 1
+        assert f.cache_key((block, xs[0], 0.5))["args"][1][1] == [None, 3, 8, 8]
+        torch._dynamo.reset()
+        g = DiskCompiled(block_fn, "block", cache_dir=tmp_path, backend=backend, dynamic_batch=(1,))
+        torch.testing.assert_close(g(block, xs[2], 0.5), block_fn(block, xs[2], 0.5))
+        assert g.last_source == "disk"
+        g(block, torch.randn(2, 3, 4, 4), 0.5)  # another image size: another file
+        assert g.last_source == "compiled" and len(_files(tmp_path)) == 2
+
+
 def test_an_unreadable_file_is_compiled_again(tmp_path, backend, block, caplog):
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():

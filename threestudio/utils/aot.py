@@ -21,6 +21,9 @@ Dynamo read while tracing is baked in, so it all goes into the file's key instea
   Python and the packages those classes come from;
 * the GPU model, the compile options and :func:`global_state` (grad mode, SDPA backends, TF32).
 
+Arguments named in ``dynamic_batch`` are compiled with a symbolic dim 0: one file serves every
+batch size (the stage-1 noise prediction runs 8 to 12 rows, :mod:`~threestudio.models.guidance.faceid_controlnet`).
+
 A module whose simple attributes change after the first call (e.g. a new IP-Adapter scale) needs
 :meth:`DiskCompiled.clear`; the next call then finds or compiles the right file. State that is neither an
 argument nor an attribute of a module argument (a global, or an attribute of another object read by
@@ -98,6 +101,14 @@ def tensor_spec(t: torch.Tensor) -> list:
     return [list(t.shape), list(t.stride()), str(t.dtype), t.device.type, bool(t.requires_grad)]
 
 
+def _spec(t: torch.Tensor, dynamic: bool) -> list:
+    """:func:`tensor_spec`, with the size of dim 0 left out (``None``) when it is a dynamic batch size."""
+    spec = tensor_spec(t)
+    if dynamic:
+        spec[0] = [None, *spec[0][1:]]
+    return spec
+
+
 def _simple(v: Any):
     """v if it is a simple constant (or a list/tuple of them), a tensor's spec, else None."""
     if isinstance(v, _SIMPLE):
@@ -161,9 +172,9 @@ def global_state() -> tuple:
     )
 
 
-def _memory_key(a: Any):
+def _memory_key(a: Any, dynamic: bool = False):
     if isinstance(a, torch.Tensor):
-        return ("t", *map(str, tensor_spec(a)))
+        return ("t", *map(str, _spec(a, dynamic)))
     if isinstance(a, torch.nn.Module):
         return ("m", id(a))
     if isinstance(a, _SIMPLE):
@@ -186,6 +197,12 @@ class DiskCompiled:
         options: Inductor options, as for ``torch.compile(options=...)``.
         cache_dir: where the files go (default ``$GIP_CACHE_DIR/aot``).
         backend: the ``torch.compile`` backend (``inductor``; tests use ``aot_eager``).
+        dynamic_batch: positions of the tensor arguments whose dim 0 (a batch of rows) may change from
+            call to call: they are compiled with a symbolic dim 0 (``torch._dynamo.mark_dynamic``), so
+            one compiled function (and one file) serves every batch size >= 2 (Dynamo specialises sizes 0
+            and 1, so compile with a batch of 2 or more). The key leaves their dim-0 size out; their
+            strides must not depend on it (true of dim 0 of a contiguous tensor). Every row-wise
+            relation between them must hold in the traced code (e.g. they are concatenated).
 
     Attributes:
         last_source: where the most recently prepared signature came from: ``"disk"`` (loaded),
@@ -199,8 +216,10 @@ class DiskCompiled:
         options: dict | None = None,
         cache_dir: str | Path | None = None,
         backend: str = "inductor",
+        dynamic_batch: tuple[int, ...] = (),
     ):
         self.fn, self.name, self.backend = fn, name, backend
+        self.dynamic_batch = frozenset(dynamic_batch)
         self.options = dict(options or {})
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "aot"
         self.last_source: str | None = None
@@ -212,7 +231,7 @@ class DiskCompiled:
         self._fns.clear()
 
     def __call__(self, *args):
-        key = (global_state(), *(_memory_key(a) for a in args))
+        key = (global_state(), *(_memory_key(a, i in self.dynamic_batch) for i, a in enumerate(args)))
         f = self._fns.get(key)
         if f is None:
             f = self._fns[key] = self._prepare(args)
@@ -221,9 +240,9 @@ class DiskCompiled:
     def cache_key(self, args: tuple) -> dict:
         """What a compiled ``fn(*args)`` depends on besides the tensor values (module docstring); JSON."""
         spec = []
-        for a in args:
+        for i, a in enumerate(args):
             if isinstance(a, torch.Tensor):
-                spec.append(["tensor", *tensor_spec(a)])
+                spec.append(["tensor", *_spec(a, i in self.dynamic_batch)])
             elif isinstance(a, torch.nn.Module):
                 spec.append(["module", module_fingerprint(a)])
             else:
@@ -235,6 +254,7 @@ class DiskCompiled:
             "fn": [self.fn.__module__, self.fn.__qualname__, _file_hash(inspect.getsourcefile(self.fn))],
             "backend": self.backend,
             "options": sorted((k, repr(v)) for k, v in self.options.items()),
+            "dynamic_batch": sorted(self.dynamic_batch),
             "torch": torch.__version__,
             "python": list(sys.version_info[:3]),
             "gpus": gpus,
@@ -264,11 +284,15 @@ class DiskCompiled:
             except Exception as e:  # noqa: BLE001 - an unreadable or stale file: compile it again
                 log.warning("compiled %s in %s could not be loaded (%s); compiling it again", self.name, path, e)
         options = {**self.options, "guard_filter_fn": keep_tensor_guards}
+        example = list(args)
+        for i in self.dynamic_batch:  # marked on views: the caller's tensors stay unmarked
+            example[i] = args[i].view(args[i].shape)
+            torch._dynamo.mark_dynamic(example[i], 0)
         try:
             # torch 2.11 only adds ``aot_compile`` with enable_aot_compile; float arguments are constants of the key
             with torch._dynamo.config.patch(enable_aot_compile=True, specialize_float=True):
                 compiled = torch.compile(self.fn, fullgraph=True, backend=self.backend, options=options)
-                aot = compiled.aot_compile((args, {}))
+                aot = compiled.aot_compile((tuple(example), {}))
         except Exception as e:  # noqa: BLE001 - no aot_compile in this torch, or a graph break
             log.warning(
                 "%s: torch.compile's ahead-of-time path failed (%s: %s); using plain torch.compile, "
@@ -277,7 +301,8 @@ class DiskCompiled:
                 type(e).__name__,
                 str(e).splitlines()[0] if str(e) else "",
             )
-            self._fallback = torch.compile(self.fn, backend=self.backend, options=self.options or None)
+            dynamic = True if self.dynamic_batch else None
+            self._fallback = torch.compile(self.fn, backend=self.backend, options=self.options or None, dynamic=dynamic)
             self.last_source = "fallback"
             return self._fallback
         try:
