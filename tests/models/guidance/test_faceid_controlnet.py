@@ -5,6 +5,7 @@ import torch
 
 from tests.conftest import face, tiny_guidance_cfg
 from threestudio.models.guidance.faceid_controlnet import (
+    NOISE_PREDICTION_DYNAMIC_ROWS,
     ChannelStatsGroupNorm,
     FaceIDControlNetGuidance,
     noise_prediction,
@@ -178,13 +179,13 @@ def test_guidance_step_on_cuda_in_both_precisions(tiny_dir, tmp_path, monkeypatc
     assert img.shape == (1, 32, 32, 3) and torch.isfinite(img).all()
 
 
-def _sds_step(g, e, seed=0, device="cpu"):
+def _sds_step(g, e, seed=0, device="cpu", step=300):
     """One guidance step on fixed renders and RNG: (loss, d loss / d renders)."""
     gen = torch.Generator().manual_seed(1)
     rgb = torch.rand(2, 64, 64, 3, generator=gen).to(device).requires_grad_(True)
     pose = torch.rand(2, 32, 32, 3, generator=gen).to(device)
     torch.manual_seed(seed)
-    out = g(rgb, pose, e["pos"].to(device), e["neg"].to(device), e["null"].to(device), step=300)
+    out = g(rgb, pose, e["pos"].to(device), e["neg"].to(device), e["null"].to(device), step=step)
     out["loss_sds"].backward()
     return out["loss_sds"].detach(), rgb.grad
 
@@ -200,6 +201,7 @@ def _pair(tiny_dir, device, **fast):
             cuda_graph=False,
             compile_vae_encoder=False,
             compile_denoiser=False,
+            skip_unused_negative=False,
         )
     )
     opt = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32", **fast))
@@ -269,8 +271,39 @@ def test_pose_embedding_is_shared_by_the_branches(tiny_dir, tmp_path, monkeypatc
         alone = torch.cat([g.predict_noise(z, t, x, [g.branches[n]], pose) for x, n in zip(text, names, strict=True)])
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
     assert (alone[:2] - alone[2:4]).abs().max() > 1e-4  # the branches differ, so the check can fail
-    with pytest.raises(ValueError, match="need 2 pose images"):
+    with pytest.raises(ValueError, match="so n must be 18"):
         g.predict_noise(torch.cat([z] * 3), t.repeat(3), torch.cat(text), branches, pose.repeat(3, 1, 1, 1))
+    # rows for a subset of the views (the negative branch of view 1 only): those rows of the full batch
+    views = [torch.tensor([1]), torch.arange(2), torch.arange(2)]
+    with torch.no_grad():
+        subset = g.predict_noise(
+            torch.cat([z[1:], z, z]),
+            torch.cat([t[1:], t, t]),
+            torch.cat([text[0][1:], *text[1:]]),
+            branches,
+            pose,
+            views,
+        )
+    torch.testing.assert_close(subset, batched[1:], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[1, 2, 2\] rows"):
+        g.predict_noise(torch.cat([z] * 3), t.repeat(3), torch.cat(text), branches, pose, views)
+
+
+def test_negative_rows_below_the_threshold_are_skipped_with_the_same_step(tiny_dir, tmp_path, monkeypatch):
+    """ANPG does not read ε_neg of a view whose timestep is below ``anpg_t_threshold`` (method §6.1
+    step 5): the step that skips those rows (fewer UNet + ControlNet rows) gives the loss and gradient
+    of the step that computes every row, also when only some views of a batch are below it."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    plain, opt, e = _pair(tiny_dir, "cpu")
+    assert plain.cfg.skip_unused_negative is False and opt.cfg.skip_unused_negative is True
+    rows, denoise = [], opt._denoise
+    monkeypatch.setattr(opt, "_denoise", lambda *a: rows.append(a[2].shape[0]) or denoise(*a))
+    for seed in range(4):  # step 15 of 20: window [20, 332], about half of the timesteps below 170
+        loss0, grad0 = _sds_step(plain, e, seed, step=15)
+        loss1, grad1 = _sds_step(opt, e, seed, step=15)
+        torch.testing.assert_close(loss1, loss0, rtol=1e-4, atol=1e-7)
+        assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-4
+    assert {4, 5} <= set(rows) and max(rows) <= 6  # no / one negative row of two views were computed
 
 
 def test_channel_stats_group_norm_module_is_a_group_norm():
@@ -306,10 +339,15 @@ def test_noise_prediction_and_encoder_compile_whole_and_load_from_disk(tiny_dir,
     ref_grad, x.grad = x.grad.clone(), None
     for source in ("compiled", "disk"):
         torch._dynamo.reset()
-        g._denoise = DiskCompiled(noise_prediction, "noise-prediction", backend="aot_eager")
+        g._denoise = DiskCompiled(
+            noise_prediction, "noise-prediction", backend="aot_eager", dynamic_batch=NOISE_PREDICTION_DYNAMIC_ROWS
+        )
         with torch.no_grad():
             torch.testing.assert_close(g.predict_noise(z, t, text, branches, pose), ref)
-        assert g._denoise.last_source == source
+            assert g._denoise.last_source == source
+            # fewer rows (no negative row of view 0): the same compiled function
+            views = [torch.tensor([1]), torch.arange(2), torch.arange(2)]
+            torch.testing.assert_close(g.predict_noise(z[1:], t[1:], text[1:], branches, pose, views), ref[1:])
         wrapped = DiskCompiledModule(encoder, "vae-encoder", backend="aot_eager")
         (wrapped(x) * up).sum().backward()
         torch.testing.assert_close(x.grad, ref_grad)
@@ -321,9 +359,9 @@ def test_noise_prediction_and_encoder_compile_whole_and_load_from_disk(tiny_dir,
 @pytest.mark.gpu
 def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, monkeypatch):
     """The default fast step on CUDA (compiled VAE encoder with bmm attention, compiled UNet and
-    ControlNet whose noise prediction is captured in a CUDA graph) against the plain eager step, twice
-    (the second call replays the graph). TF32 is off here: with it, matmul and fused attention round
-    differently (~0.6 % of the gradient)."""
+    ControlNet whose noise prediction is captured in a CUDA graph per row count, the negative rows below
+    the ANPG threshold skipped) against the plain eager step; a repeated step replays its graph. TF32 is
+    off here: with it, matmul and fused attention round differently (~0.6 % of the gradient)."""
     monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -333,7 +371,11 @@ def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, mo
         loss1, grad1 = _sds_step(opt, e, seed, "cuda")
         torch.testing.assert_close(loss1, loss0, rtol=1e-3, atol=1e-6)
         assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-3
-    assert len(opt._graphs) == 1
+    graphs = len(opt._graphs)
+    assert 1 <= graphs <= 3  # one per row count (4, 5 or 6 rows for two views)
+    again0, _ = _sds_step(opt, e, 1, "cuda")  # seed 1 again: replayed, nothing captured
+    assert len(opt._graphs) == graphs
+    torch.testing.assert_close(again0, loss1, rtol=0, atol=0)
     assert opt._denoise.last_source == "compiled" and opt.vae.encoder.compiled.last_source == "compiled"
     torch._dynamo.reset()  # as a new process: the compiled networks come from the disk cache
     again = FaceIDControlNetGuidance(opt.cfg)

@@ -67,26 +67,41 @@ class ConditioningBranch:
 
 @typing.no_type_check  # saved by reference: must stay this module-level object (no test-time type-check wrapper)
 def noise_prediction(
-    controlnet, unet, latents_t: Tensor, t: Tensor, text: Tensor, ids: Tensor, pose: Tensor, controlnet_scale: float
+    controlnet,
+    unet,
+    latents_t: Tensor,
+    t: Tensor,
+    text: Tensor,
+    ids: Tensor,
+    clip: Tensor,
+    pose: Tensor,
+    rows: Tensor,
+    controlnet_scale: float,
 ) -> Tensor:
-    """ε̂ of the ControlNet-conditioned UNet with IP-Adapter FaceID-Plus-v2 (method §5;
-    :meth:`FaceIDControlNetGuidance.predict_noise` sets the IP-Adapter's CLIP tokens and the
-    pose-embedding repeats first). A module-level function of its arguments so that it can be
-    compiled once and kept on disk (:class:`~threestudio.utils.aot.DiskCompiled`).
+    """ε̂ of the ControlNet-conditioned UNet with IP-Adapter FaceID-Plus-v2 (method §5) for n rows that
+    share the pose images of P views. A module-level function of its arguments so that it can be
+    compiled once and kept on disk (:class:`~threestudio.utils.aot.DiskCompiled`, with a dynamic row
+    count n). Sets the IP-Adapter projection's ``clip_embeds`` to ``clip`` (diffusers reads the CLIP
+    tokens of FaceID-Plus from there). Each view's pose is embedded once by the ControlNet's
+    conditioning embedding (a :class:`SharedPoseEmbedding`) and the embeddings are gathered per row.
 
     Args:
         latents_t: [n, 4, h, w] noisy latents in the network dtype; t: [n] int64 timesteps;
-        text: [n, 77, D] text tokens; ids: [n, 1, 512] ArcFace embeddings;
-        pose: [n/k, 3, h·f, w·f] OpenPose images in [0, 1], one per view of a branch (f: VAE factor);
+        text: [n, 77, D] text tokens; ids: [n, 1, 512] ArcFace embeddings; clip: [n, 1, L, C] CLIP
+        penultimate states of each row's identity image;
+        pose: [P, 3, h·f, w·f] OpenPose images in [0, 1] (f: VAE factor);
+        rows: [n] int64, the view (index into ``pose``) of each row;
         controlnet_scale: ControlNet residual scale.
 
     Returns:
         [n, 4, h, w] predicted noise, network dtype."""
+    unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = clip
+    pose_embedding = controlnet.controlnet_cond_embedding(pose)[rows]
     down, mid = controlnet(
         latents_t,
         t,
         encoder_hidden_states=text,
-        controlnet_cond=pose,
+        controlnet_cond=pose_embedding,
         conditioning_scale=controlnet_scale,
         return_dict=False,
     )
@@ -98,6 +113,28 @@ def noise_prediction(
         down_block_additional_residuals=down,
         mid_block_additional_residual=mid,
     ).sample
+
+
+NOISE_PREDICTION_DYNAMIC_ROWS = (2, 3, 4, 5, 6, 8)
+"""Arguments of :func:`noise_prediction` whose dim 0 is the row count n (compiled as a dynamic size)."""
+
+
+class SharedPoseEmbedding(torch.nn.Module):
+    """Wraps the ControlNet's conditioning embedding (same parameters): an input that already is an
+    embedding ([n, C_out, h, w], C_out = the embedding's ``conv_out`` channels) passes through
+    unchanged, pose images [n, 3, H, W] are embedded as before. :func:`noise_prediction` embeds each
+    view's pose once and hands the ControlNet the embeddings of its rows."""
+
+    def __init__(self, embedding: torch.nn.Module):
+        super().__init__()
+        self.embedding = embedding
+        self.channels = int(embedding.conv_out.out_channels)
+
+    @typing.no_type_check  # inside saved compiled code: no test-time type-check wrapper (threestudio.utils.aot)
+    def forward(self, conditioning: Tensor) -> Tensor:
+        if conditioning.shape[1] == self.channels:
+            return conditioning
+        return self.embedding(conditioning)
 
 
 def use_channel_stats_group_norm(module: torch.nn.Module) -> int:
@@ -181,7 +218,7 @@ class FaceIDControlNetGuidance(BaseObject):
         (``bench/results/stage1_step_h200_ablations.json``). Compiled code is kept on disk as for
         ``compile_denoiser``."""
         compile_denoiser: bool = True
-        """``torch.compile`` the UNet and the ControlNet (the 3B-sample noise prediction of every step)
+        """``torch.compile`` the UNet and the ControlNet (the 2B- to 3B-row noise prediction of every step)
         on CUDA when Triton is installed: fused GroupNorm/SiLU/residual kernels, same math. On an H200
         it takes the step from 103 to 84 ms. Both compiled functions (this one and the VAE encoder's
         forward + backward) are compiled once per input signature ahead of time and kept whole in
@@ -217,8 +254,17 @@ class FaceIDControlNetGuidance(BaseObject):
         paper-settings step 71.9 instead of 79.5 ms (``bench/stage1_step.py --variants ours_bf16
         ours_with_native_vae_group_norm``); both bf16 encoders are equally far from the fp32 one."""
         cuda_graph: bool = True
-        """Replay the no-grad ControlNet + UNet noise prediction (static shapes) from a captured CUDA
-        graph on CUDA: no kernel-launch overhead, same kernels and numbers."""
+        """Replay the no-grad ControlNet + UNet noise prediction from a CUDA graph on CUDA, one graph per
+        row count (all in one memory pool): no kernel-launch overhead, same kernels and numbers."""
+        skip_unused_negative: bool = True
+        """Run the negative branch only for the views whose timestep is at least ``anpg_t_threshold``:
+        below it ANPG's gradient does not use ε_neg (method §6.1 step 5), so the same gradient costs
+        fewer UNet + ControlNet rows (4 + 4 + 0..4 instead of 12 at batch 4; over the paper's 2400-step
+        schedule 24 % of the negative rows, from step 1500 on about 41 %). On an H200 the paper-settings
+        step from step 1500 took 68.8 ms (``bench/stage1_step.py``), the whole pipeline 262 s against
+        272 s before. The UNet + ControlNet are then compiled with a dynamic row count (one file) and
+        captured in one CUDA graph per row count. Off: every branch for every view, as the reference
+        code ran it, compiled for 12 rows."""
 
     # ------------------------------------------------------------------ availability
     def required_models(self) -> list[tuple[str, str, str, str]]:
@@ -324,8 +370,7 @@ class FaceIDControlNetGuidance(BaseObject):
         proj = self.unet.encoder_hid_proj.image_projection_layers[0]
         proj.shortcut, proj.shortcut_scale = True, c.ip_adapter_shortcut_scale
         self.ip_projection = proj
-        self._pose_repeats = 1
-        self.controlnet.controlnet_cond_embedding.register_forward_hook(self._repeat_pose_embedding)
+        self.controlnet.controlnet_cond_embedding = SharedPoseEmbedding(self.controlnet.controlnet_cond_embedding)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.alphas_cumprod = self.scheduler.alphas_cumprod.to(self.device)
         self.set_channels_last(c.channels_last and self.device.type == "cuda")
@@ -343,15 +388,20 @@ class FaceIDControlNetGuidance(BaseObject):
             self.vae.encoder = DiskCompiledModule(self.vae.encoder, "vae-encoder", opts)
         self._denoise = noise_prediction
         if c.compile_denoiser and can_compile:
-            self._denoise = DiskCompiled(noise_prediction, "noise-prediction")
+            # a row count that changes from step to step (skip_unused_negative) is one compiled function
+            # with a symbolic batch size; Inductor then turns its channels-last layout optimisation for
+            # convolutions off (its heuristic): on an H200 the 12-row step took 78.2 instead of 71.2 ms
+            # with the layout forced back on, as here
+            dynamic = c.skip_unused_negative
+            self._denoise = DiskCompiled(
+                noise_prediction,
+                "noise-prediction",
+                {"force_layout_optimization": True} if dynamic else None,
+                dynamic_batch=NOISE_PREDICTION_DYNAMIC_ROWS if dynamic else (),
+            )
         self._graphs: dict = {}
+        self._graph_pool = None
         self.loaded = True
-
-    @typing.no_type_check  # runs inside compiled code: no test-time type-check wrapper (its memo stack is Python state)
-    def _repeat_pose_embedding(self, module, args, out: Tensor) -> Tensor:
-        """Forward hook of the ControlNet's conditioning embedding: the pose embeddings of one branch's
-        rows [n/k, C, h, w], tiled for the k branches (:meth:`predict_noise`)."""
-        return out.repeat(self._pose_repeats, 1, 1, 1) if self._pose_repeats > 1 else out
 
     def set_channels_last(self, on: bool) -> None:
         """Put the UNet, ControlNet and VAE weights (and, from now on, their inputs) in channels-last
@@ -375,7 +425,11 @@ class FaceIDControlNetGuidance(BaseObject):
         self.ip_projection.shortcut_scale = shortcut_scale
         if isinstance(self._denoise, DiskCompiled):  # compiled with the old scales baked in
             self._denoise.clear()
-        self._graphs = {}
+        self._forget_graphs()
+
+    def _forget_graphs(self) -> None:
+        """Drop the captured noise predictions (and their memory pool)."""
+        self._graphs, self._graph_pool = {}, None
 
     # ------------------------------------------------------------------ identity conditioning
     @torch.no_grad()
@@ -401,7 +455,7 @@ class FaceIDControlNetGuidance(BaseObject):
 
     def set_identity(self, pos, irr) -> dict[str, ConditioningBranch]:
         """Build the three branches from the user's and the irrelevant identity's :class:`FaceID`."""
-        self._graphs = {}  # captured noise predictions hold the old identity's tensors
+        self._forget_graphs()  # captured noise predictions hold the old identity's tensors
         to_t = lambda e: torch.from_numpy(e)[None].to(self.device, self.dtype)  # noqa: E731
         self.branches = {
             "neg": ConditioningBranch(
@@ -413,60 +467,89 @@ class FaceIDControlNetGuidance(BaseObject):
         return self.branches
 
     # ------------------------------------------------------------------ denoiser
-    def _noise(self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list, pose: Tensor) -> Tensor:
-        """:meth:`predict_noise`, replayed from a CUDA graph captured once per input shape and identity
-        (``cuda_graph``); inputs are copied into the graph's static buffers."""
+    def _noise(
+        self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list, pose: Tensor, views: list[Tensor]
+    ) -> Tensor:
+        """:meth:`predict_noise`, replayed from a CUDA graph captured once per input shape, row count of
+        each branch and identity (``cuda_graph``); inputs are copied into the graph's static buffers.
+        The graphs share one memory pool: each replay's output is copied out before the next replay."""
         if not (self.cfg.cuda_graph and self.device.type == "cuda"):
-            return self.predict_noise(latents_t, t, text, branches, pose)
-        key = (tuple(latents_t.shape), tuple(text.shape), tuple(pose.shape), tuple(id(b) for b in branches))
+            return self.predict_noise(latents_t, t, text, branches, pose, views)
+        key = (
+            tuple(latents_t.shape),
+            tuple(text.shape),
+            tuple(pose.shape),
+            tuple(len(v) for v in views),
+            tuple(id(b) for b in branches),
+        )
+        inputs = [latents_t, t, text, pose, *views]
         if key not in self._graphs:
-            static = [latents_t.clone(), t.clone(), text.clone(), pose.clone()]
+            static = [x.clone() for x in inputs]
+
+            def run():
+                return self.predict_noise(static[0], static[1], static[2], branches, static[3], static[4:])
+
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):  # warm up (cuDNN / cuBLAS workspaces) outside the capture
                 for _ in range(2):
-                    self.predict_noise(static[0], static[1], static[2], branches, static[3])
+                    run()
             torch.cuda.current_stream().wait_stream(side)
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.predict_noise(static[0], static[1], static[2], branches, static[3])
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                out = run()
             self._graphs[key] = (graph, static, out)
         graph, static, out = self._graphs[key]
-        for buf, x in zip(static, (latents_t, t, text, pose), strict=True):
+        for buf, x in zip(static, inputs, strict=True):
             buf.copy_(x)
         graph.replay()
         return out.clone()
 
     def predict_noise(
-        self, latents_t: Tensor, t: Tensor, text: Tensor, branches: list[ConditioningBranch], pose: Tensor
+        self,
+        latents_t: Tensor,
+        t: Tensor,
+        text: Tensor,
+        branches: list[ConditioningBranch],
+        pose: Tensor,
+        views: list[Tensor] | None = None,
     ) -> Tensor:
-        """ε̂ for a batch whose rows are grouped by ``branches`` (k = len(branches) equal chunks of the
-        same n/k views).
+        """ε̂ for a batch whose rows are grouped by ``branches``: branch i's rows are the views
+        ``views[i]`` (default: every view for every branch).
 
         The ControlNet's pose embedding depends on the pose image only, so it is computed once per view
-        and shared by the k branches (the same numbers as embedding the pose k times).
+        and shared by the rows of that view (the same numbers as embedding the pose once per row).
 
         Args:
-            latents_t: [n, 4, h, w] noisy latents; t: [n] timesteps; text: [n, 77, D] text tokens;
-            pose: [n/k, 3, h·f, w·f] OpenPose images in [0, 1] of one branch's rows (f = VAE factor).
+            latents_t: [n, 4, h, w] noisy latents; t: [n] timesteps; text: [n, 77, D] text tokens, rows
+                grouped by branch in the order of ``branches``;
+            branches: k conditioning branches;
+            pose: [P, 3, h·f, w·f] OpenPose images in [0, 1] of the P views (f = VAE factor);
+            views: k int64 tensors on ``pose``'s device, the views (indices into ``pose``) of each
+                branch's rows; None = ``arange(P)`` for every branch (n = k·P).
 
         Raises:
-            ValueError: n is not a multiple of k, or ``pose`` does not hold n/k images.
+            ValueError: ``views`` does not have one entry per branch, or the rows do not add up to n.
         """
-        n, k = latents_t.shape[0], len(branches)
-        per = n // k
-        if per * k != n or pose.shape[0] != per:
+        n, P = latents_t.shape[0], pose.shape[0]
+        if views is None:
+            views = [torch.arange(P, device=pose.device)] * len(branches)
+        counts = [len(v) for v in views]
+        if len(views) != len(branches) or sum(counts) != n:
             raise ValueError(
-                f"predict_noise: {n} latents in {k} branches need {n // max(k, 1)} pose images (one per view "
-                f"of a branch), got {pose.shape[0]}"
+                f"predict_noise: {n} latents but {len(branches)} branches with {counts} rows (views per "
+                f"branch); without views every branch takes all {P} pose images, so n must be {len(branches) * P}"
             )
-        self._pose_repeats = k
-        ids = torch.cat([b.id_embeds.expand(per, -1) for b in branches])[:, None]
-        self.ip_projection.clip_embeds = torch.cat([b.clip_embeds.expand(per, -1, -1) for b in branches])[:, None]
-        # the pose repeats k are read while compiling; the key of a compiled signature covers them
-        # through the shapes (n latents, n/k pose images)
+        ids = torch.cat([b.id_embeds.expand(c, -1) for b, c in zip(branches, counts, strict=True)])[:, None]
+        clip = torch.cat([b.clip_embeds.expand(c, -1, -1) for b, c in zip(branches, counts, strict=True)])[:, None]
+        rows = torch.cat(views)
+        # noise_prediction sets the CLIP tokens from `clip`; the previous call's tokens (another row
+        # count) would otherwise enter the compiled function's key as a tensor attribute of the UNet
+        self.ip_projection.clip_embeds = None
         return self._denoise(
-            self.controlnet, self.unet, latents_t, t, text, ids, pose, float(self.cfg.controlnet_scale)
+            self.controlnet, self.unet, latents_t, t, text, ids, clip, pose, rows, float(self.cfg.controlnet_scale)
         )
 
     def encode_images(self, rgb: Float[Tensor, "B H W 3"]) -> Float[Tensor, "B 4 h w"]:
@@ -533,7 +616,13 @@ class FaceIDControlNetGuidance(BaseObject):
         if not hasattr(self, "schedule") or self.schedule.n_steps != self.cfg.n_steps:
             self.schedule = AHDSSchedule(self.cfg.n_steps, self.cfg.max_t)
         latents = self.encode_images(rgb)
-        t = to_device_async(self.schedule.sample(step, B), self.device)
+        t_host = self.schedule.sample(step, B)
+        t = to_device_async(t_host, self.device)
+        neg_views = (t_host >= self.cfg.anpg_t_threshold).nonzero().flatten()
+        if not self.cfg.skip_unused_negative:
+            neg_views = torch.arange(B)
+        all_views = to_device_async(torch.arange(B), self.device)
+        sel = all_views if len(neg_views) == B else to_device_async(neg_views, self.device)
         with torch.no_grad():
             z0 = latents.detach().to(self.dtype)  # fp16 path: the latents leave encode_images in fp32
             # randn_like would fill z0's memory order: the draw would depend on the layout the compiled
@@ -545,14 +634,21 @@ class FaceIDControlNetGuidance(BaseObject):
                 pose.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False
             ).to(self.dtype)
             b = self.branches
+            text_neg = text_neg.to(self.device)
+            text_neg = text_neg if sel is all_views else text_neg[sel]
+            # rows: the negative branch for the views in sel (ε_neg is unused below anpg_t_threshold),
+            # then the positive and the null branch for every view
             eps = self._noise(
-                torch.cat([z_t] * 3).contiguous(memory_format=self._layout),
-                torch.cat([t] * 3),
-                torch.cat([text_neg, text_pos, text_null]).to(self.device, self.dtype),
+                torch.cat([z_t[sel], z_t, z_t]).contiguous(memory_format=self._layout),
+                torch.cat([t[sel], t, t]),
+                torch.cat([text_neg, text_pos.to(self.device), text_null.to(self.device)]).to(self.dtype),
                 [b["neg"], b["pos"], b["null"]],
                 pose_in.contiguous(memory_format=self._layout),
+                [sel, all_views, all_views],
             )
-            eps_neg, eps_pos, eps_null = eps.float().chunk(3)
+            eps_neg, eps_pos, eps_null = eps.float().split([len(sel), B, B])
+            if sel is not all_views:  # rows of views below the threshold: never read by anpg_gradient
+                eps_neg = torch.zeros_like(eps_pos).index_copy_(0, sel, eps_neg)
             grad = anpg_gradient(
                 eps_pos, eps_neg, eps_null, t, self.alphas_cumprod, self.cfg.guidance_scale, self.cfg.anpg_t_threshold
             )
