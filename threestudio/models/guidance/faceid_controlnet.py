@@ -618,11 +618,17 @@ class FaceIDControlNetGuidance(BaseObject):
         latents = self.encode_images(rgb)
         t_host = self.schedule.sample(step, B)
         t = to_device_async(t_host, self.device)
-        neg_views = (t_host >= self.cfg.anpg_t_threshold).nonzero().flatten()
-        if not self.cfg.skip_unused_negative:
-            neg_views = torch.arange(B)
-        all_views = to_device_async(torch.arange(B), self.device)
-        sel = all_views if len(neg_views) == B else to_device_async(neg_views, self.device)
+        all_views = torch.arange(B, device=self.device)
+        if self.cfg.skip_unused_negative:
+            neg_views = (t_host >= self.cfg.anpg_t_threshold).nonzero().flatten()
+            every = len(neg_views) == B
+        else:
+            every = True
+        sel = all_views if every else to_device_async(neg_views, self.device)
+
+        def neg_rows(x: Tensor) -> Tensor:  # x's rows of the views in sel
+            return x if every else x[sel]
+
         with torch.no_grad():
             z0 = latents.detach().to(self.dtype)  # fp16 path: the latents leave encode_images in fp32
             # randn_like would fill z0's memory order: the draw would depend on the layout the compiled
@@ -634,20 +640,19 @@ class FaceIDControlNetGuidance(BaseObject):
                 pose.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", align_corners=False
             ).to(self.dtype)
             b = self.branches
-            text_neg = text_neg.to(self.device)
-            text_neg = text_neg if sel is all_views else text_neg[sel]
             # rows: the negative branch for the views in sel (ε_neg is unused below anpg_t_threshold),
             # then the positive and the null branch for every view
+            text = [neg_rows(text_neg.to(self.device)), text_pos.to(self.device), text_null.to(self.device)]
             eps = self._noise(
-                torch.cat([z_t[sel], z_t, z_t]).contiguous(memory_format=self._layout),
-                torch.cat([t[sel], t, t]),
-                torch.cat([text_neg, text_pos.to(self.device), text_null.to(self.device)]).to(self.dtype),
+                torch.cat([neg_rows(z_t), z_t, z_t]).contiguous(memory_format=self._layout),
+                torch.cat([neg_rows(t), t, t]),
+                torch.cat(text).to(self.dtype),
                 [b["neg"], b["pos"], b["null"]],
                 pose_in.contiguous(memory_format=self._layout),
                 [sel, all_views, all_views],
             )
             eps_neg, eps_pos, eps_null = eps.float().split([len(sel), B, B])
-            if sel is not all_views:  # rows of views below the threshold: never read by anpg_gradient
+            if not every:  # rows of views below the threshold: never read by anpg_gradient
                 eps_neg = torch.zeros_like(eps_pos).index_copy_(0, sel, eps_neg)
             grad = anpg_gradient(
                 eps_pos, eps_neg, eps_null, t, self.alphas_cumprod, self.cfg.guidance_scale, self.cfg.anpg_t_threshold
