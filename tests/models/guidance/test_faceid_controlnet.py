@@ -50,8 +50,9 @@ def test_real_loading_code_on_tiny_models(tiny_dir, tmp_path, monkeypatch):
     g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
     assert g.missing() == []
     g.load("cpu")
-    # IP-Adapter FaceID-Plus-v2 installed: LoRA adapter via peft, IP processors, shortcut projection
-    assert "faceid_0" in g.unet.peft_config
+    # IP-Adapter FaceID-Plus-v2 installed: LoRA merged into the projections (fuse_lora), IP processors,
+    # shortcut projection
+    assert not getattr(g.unet, "peft_config", None) and "lora" not in str(list(g.unet.state_dict()))
     procs = g.unet.attn_processors
     assert any("IPAdapter" in type(p).__name__ for p in procs.values())
     assert type(g.ip_projection).__name__ == "IPAdapterFaceIDPlusImageProjection"
@@ -202,6 +203,8 @@ def _pair(tiny_dir, device, **fast):
             compile_vae_encoder=False,
             compile_denoiser=False,
             skip_unused_negative=False,
+            fuse_lora=False,
+            share_pose_embedding=False,
         )
     )
     opt = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32", **fast))
@@ -235,6 +238,28 @@ def test_optimised_step_computes_the_same_sds_gradient(tiny_dir, tmp_path, monke
     assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-4
     _, other = _sds_step(opt, e, seed=1)  # and the comparison can fail: another noise draw differs
     assert float((other - grad0).norm() / grad0.norm()) > 1e-2
+
+
+def test_fused_lora_predicts_the_noise_of_the_separate_lora(tiny_dir, tmp_path, monkeypatch):
+    """``fuse_lora`` merges FaceID-Plus-v2's LoRA into the UNet's attention projections: no LoRA layer is
+    left and the noise prediction (every branch, pose embedded per row or per view) is the one of the
+    separate low-rank matmuls, which do change it (the LoRA is not zero)."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    plain, opt, e = _pair(tiny_dir, "cpu")
+    assert "faceid_0" in plain.unet.peft_config and not getattr(opt.unet, "peft_config", None)
+    lora = lambda unet: sum(hasattr(m, "lora_A") for m in unet.modules())  # noqa: E731
+    assert lora(plain.unet) > 0 and lora(opt.unet) == 0
+    torch.manual_seed(0)
+    z, pose, t = torch.randn(2, 4, 16, 16), torch.rand(2, 3, 32, 32), torch.tensor([500, 300])
+    text, names = torch.cat([e["neg"], e["pos"], e["null"]]), ["neg", "pos", "null"]
+    with torch.no_grad():
+        ref = plain.predict_noise(torch.cat([z] * 3), t.repeat(3), text, [plain.branches[n] for n in names], pose)
+        ours = opt.predict_noise(torch.cat([z] * 3), t.repeat(3), text, [opt.branches[n] for n in names], pose)
+        plain.unet.disable_adapters()  # the same UNet without its LoRA: another prediction
+        bare = plain.predict_noise(torch.cat([z] * 3), t.repeat(3), text, [plain.branches[n] for n in names], pose)
+        plain.unet.enable_adapters()
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    assert (bare - ref).abs().max() > 1e-4
 
 
 def test_sds_noise_does_not_depend_on_the_latents_memory_layout(tiny_dir, tmp_path, monkeypatch):

@@ -137,6 +137,18 @@ class SharedPoseEmbedding(torch.nn.Module):
         return self.embedding(conditioning)
 
 
+def fuse_adapter_lora(pipe) -> list[str]:
+    """Merge every LoRA adapter loaded into ``pipe.unet`` (IP-Adapter FaceID's ``faceid_<i>``, at the
+    weights ``load_ip_adapter`` set) into the base projections and remove the LoRA layers (diffusers'
+    ``fuse_lora`` + ``unload_lora_weights``): ``W ← W + scaling · B @ A``, in the weights' dtype (call it
+    before casting float32 weights down). Returns the merged adapters' names ([] when none is loaded)."""
+    names = list(getattr(pipe.unet, "peft_config", None) or {})
+    if names:
+        pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=names)
+        pipe.unload_lora_weights()
+    return names
+
+
 def use_channel_stats_group_norm(module: torch.nn.Module) -> int:
     """Turn every ``nn.GroupNorm`` inside ``module`` into a :class:`ChannelStatsGroupNorm` in place
     (parameters untouched); returns how many."""
@@ -265,6 +277,17 @@ class FaceIDControlNetGuidance(BaseObject):
         272 s before. The UNet + ControlNet are then compiled with a dynamic row count (one file) and
         captured in one CUDA graph per row count. Off: every branch for every view, as the reference
         code ran it, compiled for 12 rows."""
+        fuse_lora: bool = True
+        """Merge IP-Adapter FaceID-Plus-v2's LoRA (rank 128 on the query, key, value and output
+        projections of every UNet attention, lora_scale 1.0, method §5.2) into those projections' weights
+        once at load: W ← W + scale·B·A in float32, before the cast to the network dtype (diffusers'
+        ``fuse_lora`` then ``unload_lora_weights``). The same function with one matmul per projection
+        instead of three and an add (the outputs differ only by the rounding of W in the network
+        dtype). Off: the low-rank matmuls run separately in every forward, as in the reference code."""
+        share_pose_embedding: bool = True
+        """Embed each view's OpenPose image once with the ControlNet's conditioning embedding and hand it
+        to that view's rows of every branch (:class:`SharedPoseEmbedding`; the same numbers). Off: every
+        row embeds its pose image itself (the reference code's 3B = 12 embeddings of 512² images)."""
 
     # ------------------------------------------------------------------ availability
     def required_models(self) -> list[tuple[str, str, str, str]]:
@@ -363,6 +386,8 @@ class FaceIDControlNetGuidance(BaseObject):
             **kw,
         )
         pipe.set_ip_adapter_scale(c.ip_adapter_scale)
+        if c.fuse_lora:
+            fuse_adapter_lora(pipe)
         self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(c.image_encoder_name_or_path, **kw)
         self.unet, self.vae, self.controlnet = pipe.unet, pipe.vae, pipe.controlnet
         for m in (self.unet, self.vae, self.controlnet, self.image_encoder):
@@ -542,6 +567,9 @@ class FaceIDControlNetGuidance(BaseObject):
                 f"predict_noise: {n} latents but {len(branches)} branches with {counts} rows (views per "
                 f"branch); without views every branch takes all {P} pose images, so n must be {len(branches) * P}"
             )
+        if not self.cfg.share_pose_embedding:  # one pose image per row, each embedded (the reference's way)
+            pose = torch.cat([pose[v] for v in views])
+            views = list(torch.arange(n, device=pose.device).split(counts))
         ids = torch.cat([b.id_embeds.expand(c, -1) for b, c in zip(branches, counts, strict=True)])[:, None]
         clip = torch.cat([b.clip_embeds.expand(c, -1, -1) for b, c in zip(branches, counts, strict=True)])[:, None]
         rows = torch.cat(views)
