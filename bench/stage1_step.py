@@ -4,9 +4,12 @@ ControlNet + UNet with IP-Adapter FaceID-Plus-v2, 100k Gaussians. Reports time p
 GPU memory for our step (bf16 guidance; compiled VAE encoder with bf16 bmm attention and GroupNorms
 from per-channel statistics; compiled UNet and ControlNet, their noise prediction replayed from a CUDA
 graph per row count, the negative-branch rows of views below the ANPG threshold skipped, each view's
-skeleton embedded once for the three branches; skeletons and prompts made on the CPU before the batch
-moves) and, in the same run, for the naive reference: the same step as the reference code ran it (fp16
-weights, eager diffusers, default attention and layout, every row), and for each
+skeleton embedded once for the three branches, the FaceID LoRA merged into the UNet's projections;
+skeletons and prompts made on the CPU before the batch moves) and, in the same run, for the naive
+reference: the same step as the reference code ran it (``reference_fp16``: fp16 weights, eager
+diffusers, default attention and layout, every row, the LoRA as separate low-rank matmuls, each row's
+skeleton embedded by the ControlNet; ``reference_code_order``: the same, also waiting for the GPU
+before the skeletons are drawn on the CPU, as the reference code's step did), and for each
 lever toggled alone (``--ablations``; channels-last layout is measured turned on). ``--breakdown`` adds
 the GPU milliseconds of each part of our step (render, VAE encoder, noise prediction, SDS + VAE
 backward, render backward, optimizer) from CUDA events.
@@ -36,10 +39,13 @@ _EAGER = [
     "system.guidance.compile_vae_encoder=false",
     "system.guidance.compile_denoiser=false",
     "system.guidance.skip_unused_negative=false",
+    "system.guidance.fuse_lora=false",
+    "system.guidance.share_pose_embedding=false",
 ]
 VARIANTS = {
     "ours_bf16": [],
     "reference_fp16": ["system.guidance.dtype=fp16", *_EAGER],
+    "reference_code_order": ["system.guidance.dtype=fp16", *_EAGER],
     "reference_fp32": ["system.guidance.dtype=fp32", *_EAGER],
     "ours_with_channels_last": ["system.guidance.channels_last=true"],
     "ours_with_math_vae_attention": ["system.guidance.vae_attention=math"],
@@ -49,8 +55,16 @@ VARIANTS = {
     "ours_without_vae_layout_optimization": ["system.guidance.vae_layout_optimization=false"],
     "ours_with_native_vae_group_norm": ["system.guidance.vae_group_norm=native"],
     "ours_without_negative_row_skipping": ["system.guidance.skip_unused_negative=false"],
+    "ours_without_fused_lora": ["system.guidance.fuse_lora=false"],
+    "ours_without_shared_pose_embedding": ["system.guidance.share_pose_embedding=false"],
 }
 """Named config overrides of the guidance measured by this benchmark."""
+CODE_ORDER = {"reference_code_order"}
+"""Variants whose step also runs in the reference code's order: the host waits for the GPU, then draws
+the skeletons and looks up the prompts on the CPU, then the step starts (the reference's
+``GaussianIP.forward`` copied each view's mvp matrix to the host after its render, drew its OpenPose
+image with OpenCV and uploaded it: the GPU idled while the CPU drew, four times per step; modelled here
+by one synchronisation per step, so a lower bound of that cost)."""
 
 
 def build_system(
@@ -112,21 +126,31 @@ def sync():
         torch.cuda.synchronize()
 
 
-def training_inputs(system, cfg):
+def training_inputs(system, cfg, code_order: bool = False):
     """``(batch_at, optimizer)``: ``batch_at(step)`` is the prepared training batch of ``step`` on the
-    system's device (random cameras of ``cfg.data``, skeletons and prompts made on the CPU), as in training."""
+    system's device (random cameras of ``cfg.data``, skeletons and prompts made on the CPU), as in training.
+    ``code_order`` (:data:`CODE_ORDER`): the host first waits for the GPU to finish the previous step,
+    as the reference code did before drawing its skeletons."""
     from threestudio.data.human_cameras import HumanCameraConfig, RandomHumanCameras
     from threestudio.utils.config import parse_structured
 
     data = RandomHumanCameras(parse_structured(HumanCameraConfig, cfg.data))
-    return (lambda s: system.prepare_train_batch(data.sample(step=s)).to(system.device)), system.configure_optimizers()
+
+    def batch_at(s: int):
+        cams = data.sample(step=s)
+        if code_order:
+            sync()
+        return system.prepare_train_batch(cams).to(system.device)
+
+    return batch_at, system.configure_optimizers()
 
 
-def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5) -> dict:
+def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5, code_order: bool = False) -> dict:
     """Two warm-up steps (compilation, CUDA-graph capture), then ``steps`` steps back to back as in
-    training (the CPU prepares the next batch while the GPU runs), synchronised every ``block`` steps:
-    ``step_s_median`` is the median over blocks of the mean step time in a block."""
-    batch_at, opt = training_inputs(system, cfg)
+    training (the CPU prepares the next batch while the GPU runs; with ``code_order`` after waiting for
+    it), synchronised every ``block`` steps: ``step_s_median`` is the median over blocks of the mean step
+    time in a block."""
+    batch_at, opt = training_inputs(system, cfg, code_order)
 
     def step(s: int):
         loss = system.optimization_step(batch_at(s), s, opt)["loss"]
@@ -266,7 +290,7 @@ def main():
         "start_step": a.start_step,
     }
     result["compile_cache_was_warm"] = warm  # ours_bf16's first warm-up step includes the compilation
-    names = ["ours_bf16"] + ([] if a.skip_reference else ["reference_fp16", "reference_fp32"])
+    names = ["ours_bf16"] + ([] if a.skip_reference else ["reference_fp16", "reference_code_order", "reference_fp32"])
     names += [n for n in VARIANTS if n.startswith(("ours_without", "ours_with_"))] if a.ablations else []
     names = a.variants or names
     for name in names:
@@ -275,7 +299,7 @@ def main():
             a.models, a.face, a.template, a.points, a.res, a.sds, VARIANTS[name], "/tmp/bench_trial"
         )
         load_s = time.perf_counter() - t0
-        r = run(system, cfg, a.steps, a.start_step)
+        r = run(system, cfg, a.steps, a.start_step, code_order=name in CODE_ORDER)
         r["load_s"] = load_s
         if a.breakdown and name == "ours_bf16":
             r["breakdown_ms"] = breakdown(system, cfg, max(a.steps, 3), a.start_step + 100)
