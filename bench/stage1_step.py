@@ -12,7 +12,9 @@ skeleton embedded by the ControlNet; ``reference_code_order``: the same, also wa
 before the skeletons are drawn on the CPU, as the reference code's step did), and for each
 lever toggled alone (``--ablations``; channels-last layout is measured turned on). ``--breakdown`` adds
 the GPU milliseconds of each part of our step (render, VAE encoder, noise prediction, SDS + VAE
-backward, render backward, optimizer) from CUDA events.
+backward, render backward, optimizer) from CUDA events. Each variant's timed blocks follow
+``--warmup-steps`` untimed steps (default 2; with about as many as ``--steps``, the CUDA graphs of the
+row counts the timed steps meet are captured before the timing, so the median is the steady state).
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15     # real-size random models (~4 GB)
     python bench/stage1_step.py --models /tmp/sd15 --face face.png --template anny.npz --out r.json
@@ -145,11 +147,14 @@ def training_inputs(system, cfg, code_order: bool = False):
     return batch_at, system.configure_optimizers()
 
 
-def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5, code_order: bool = False) -> dict:
-    """Two warm-up steps (compilation, CUDA-graph capture), then ``steps`` steps back to back as in
-    training (the CPU prepares the next batch while the GPU runs; with ``code_order`` after waiting for
-    it), synchronised every ``block`` steps: ``step_s_median`` is the median over blocks of the mean step
-    time in a block."""
+def run(
+    system, cfg, steps: int, start_step: int = 1500, block: int = 5, code_order: bool = False, warmup: int = 2
+) -> dict:
+    """``warmup`` steps (at least 2: compilation, CUDA-graph capture; more also capture the graphs of the
+    row counts the timed steps meet, so that no timed block includes a capture), then ``steps`` steps back
+    to back as in training (the CPU prepares the next batch while the GPU runs; with ``code_order`` after
+    waiting for it), synchronised every ``block`` steps: ``step_s_median`` is the median over blocks of
+    the mean step time in a block. The warm-up steps run at the AHDS steps before ``start_step``."""
     batch_at, opt = training_inputs(system, cfg, code_order)
 
     def step(s: int):
@@ -157,14 +162,16 @@ def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5, code_or
         opt.step()
         return loss
 
-    warmup, blocks = [], []
+    warm_s, blocks = [], []
     torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
-    for i in range(2):
+    warmup = max(2, warmup)
+    first = max(0, start_step - warmup + 2)
+    for i in range(warmup):
         sync()
         t = time.perf_counter()
-        step(start_step + i)
+        step(first + i)
         sync()
-        warmup.append(time.perf_counter() - t)
+        warm_s.append(time.perf_counter() - t)
     s = start_step + 2
     for _ in range(max(1, steps // block)):
         sync()
@@ -178,7 +185,7 @@ def run(system, cfg, steps: int, start_step: int = 1500, block: int = 5, code_or
         "step_s_median": sorted(blocks)[len(blocks) // 2],
         "step_s_blocks": blocks,
         "block_steps": block,
-        "warmup_steps_s": warmup,
+        "warmup_steps_s": warm_s,
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0,
         "loss_finite": bool(torch.isfinite(loss)),
         "points": system.geometry.num_points,
@@ -261,6 +268,13 @@ def main():
         help="AHDS step of the first timed step (the timestep window, and so how many negative-branch rows "
         "our step skips, depends on it: none before step 1200 of 2400, about 41 %% at step 1500)",
     )
+    ap.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="untimed steps before the timed ones (at least 2); about as many as --steps also capture the CUDA "
+        "graphs of the row counts the timed steps meet, so that the median is the steady state",
+    )
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--ablations", action="store_true", help="also time each lever turned off alone")
     ap.add_argument(
@@ -288,6 +302,7 @@ def main():
         "points": a.points,
         "branches": 3,
         "start_step": a.start_step,
+        "warmup_steps": max(2, a.warmup_steps),
     }
     result["compile_cache_was_warm"] = warm  # ours_bf16's first warm-up step includes the compilation
     names = ["ours_bf16"] + ([] if a.skip_reference else ["reference_fp16", "reference_code_order", "reference_fp32"])
@@ -299,7 +314,7 @@ def main():
             a.models, a.face, a.template, a.points, a.res, a.sds, VARIANTS[name], "/tmp/bench_trial"
         )
         load_s = time.perf_counter() - t0
-        r = run(system, cfg, a.steps, a.start_step, code_order=name in CODE_ORDER)
+        r = run(system, cfg, a.steps, a.start_step, code_order=name in CODE_ORDER, warmup=a.warmup_steps)
         r["load_s"] = load_s
         if a.breakdown and name == "ours_bf16":
             r["breakdown_ms"] = breakdown(system, cfg, max(a.steps, 3), a.start_step + 100)
