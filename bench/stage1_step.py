@@ -154,7 +154,13 @@ def run(
     row counts the timed steps meet, so that no timed block includes a capture), then ``steps`` steps back
     to back as in training (the CPU prepares the next batch while the GPU runs; with ``code_order`` after
     waiting for it), synchronised every ``block`` steps: ``step_s_median`` is the median over blocks of
-    the mean step time in a block. The warm-up steps run at the AHDS steps before ``start_step``."""
+    the mean step time in a block. The warm-up steps run at the AHDS steps just before the timed ones
+    (from step 0 when ``start_step`` is smaller than ``warmup - 2``).
+
+    Raises:
+        ValueError: ``warmup`` < 2."""
+    if warmup < 2:
+        raise ValueError(f"warmup must be at least 2 steps (compilation, then CUDA-graph capture), got {warmup}")
     batch_at, opt = training_inputs(system, cfg, code_order)
 
     def step(s: int):
@@ -164,7 +170,6 @@ def run(
 
     warm_s, blocks = [], []
     torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
-    warmup = max(2, warmup)
     first = max(0, start_step - warmup + 2)
     for i in range(warmup):
         sync()
@@ -272,7 +277,7 @@ def main():
         "--warmup-steps",
         type=int,
         default=2,
-        help="untimed steps before the timed ones (at least 2); about as many as --steps also capture the CUDA "
+        help="untimed steps before the timed ones (2 or more); about as many as --steps also capture the CUDA "
         "graphs of the row counts the timed steps meet, so that the median is the steady state",
     )
     ap.add_argument("--skip-reference", action="store_true")
@@ -288,6 +293,8 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", help="cuda (benchmark) or cpu (a smoke check with tiny models)")
     a = ap.parse_args()
+    if a.warmup_steps < 2:
+        ap.error(f"--warmup-steps must be at least 2 (compilation, then CUDA-graph capture), got {a.warmup_steps}")
     from threestudio.utils.io import persist_compile_cache
 
     cache = persist_compile_cache()
@@ -302,7 +309,7 @@ def main():
         "points": a.points,
         "branches": 3,
         "start_step": a.start_step,
-        "warmup_steps": max(2, a.warmup_steps),
+        "warmup_steps": a.warmup_steps,
     }
     result["compile_cache_was_warm"] = warm  # ours_bf16's first warm-up step includes the compilation
     names = ["ours_bf16"] + ([] if a.skip_reference else ["reference_fp16", "reference_code_order", "reference_fp32"])

@@ -1,6 +1,8 @@
 """The stage-1 step benchmark's tools on the CPU with the tiny models (the GPU figures in
 bench/results/ come from the same code)."""
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -43,3 +45,5 @@ def test_stage1_step_run_warms_up_on_the_steps_just_before_the_timed_ones(tiny_d
     seen.clear()
     bench.run(system, cfg, steps=1, start_step=10, block=1)  # the default: 2 warm-up steps, as before
     assert seen == [10, 11, 12]
+    with pytest.raises(ValueError, match="at least 2"):
+        bench.run(system, cfg, steps=1, start_step=10, warmup=1)
