@@ -71,7 +71,10 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         timings = json.loads((run / f"stage{n}" / "manifest.json").read_text())["timings_s"]
         parts = {"setup_load_models", "setup_identity", "setup_prompts"} if n == 1 else set()  # stage 1's setup
         assert set(timings) == {"setup", "train", "validation", "test"} | parts and min(timings.values()) >= 0, timings
-        assert sum(timings[p] for p in parts) <= timings["setup"], timings
+        # each figure is rounded to 10 ms on its own (PhaseClock), so the rounded parts may exceed the rounded
+        # whole by half a step per figure (0.35 + 1.32 + 0.01 vs 1.68 summed to 1.6800000000000002 in a run)
+        slack = 0.005 * (len(parts) + 1)
+        assert sum(timings[p] for p in parts) <= timings["setup"] + slack, timings
         step_ms = json.loads((run / f"stage{n}" / "manifest.json").read_text())["step_ms"]
         assert step_ms["steps"] == 3 and step_ms["first"] > 0 and step_ms["median"] > 0, step_ms
     timings = json.loads((run / "stage2" / "manifest.json").read_text())["timings_s"]  # stage 2's phases
