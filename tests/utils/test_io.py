@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import planted_array
 from threestudio.utils.errors import UserError
-from threestudio.utils.io import BackgroundWriter, persist_compile_cache, read_npz
+from threestudio.utils.io import BackgroundWriter, persist_compile_cache, quantize_uint8, read_npz, save_image, to_uint8
 
 
 def test_a_file_that_is_not_an_npz_is_named_as_such_not_as_a_pickle(tmp_path):
@@ -25,6 +25,25 @@ def test_pickled_arrays_are_refused_or_skipped_and_never_run(tmp_path):
     arrays = read_npz(tmp_path / "a.npz", "SMPL-X model file", skip_pickled=True)
     assert list(arrays) == ["plain"] and arrays["plain"].tolist() == [0, 1, 2]
     assert not marker.exists()
+
+
+def test_images_made_uint8_on_the_device_have_the_bytes_of_the_host_conversion(tmp_path):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    # out of range, the exact rounding boundaries k / 255 +- half a step, and random values
+    edges = torch.arange(256, dtype=torch.float32) / 255.0
+    x = torch.cat([torch.tensor([-1.0, -1e-7, 0.0, 1.0, 1.0 + 1e-7, 2.0]), edges - 0.5 / 255, edges + 0.5 / 255])
+    x = torch.cat([x, torch.rand(4000, generator=g) * 1.2 - 0.1]).reshape(-1, 2, 3)
+    q = quantize_uint8(x)
+    assert q.dtype == torch.uint8 and q.shape == x.shape
+    assert np.array_equal(q.numpy(), to_uint8(x))
+    assert np.array_equal(to_uint8(q), q.numpy()) and np.array_equal(to_uint8(q.numpy()), q.numpy())
+    # a grid of uint8 device frames is written as the same PNG as the float frames
+    img = torch.rand(8, 6, 3, generator=g)
+    save_image(tmp_path / "f.png", img)
+    save_image(tmp_path / "q.png", quantize_uint8(img))
+    assert (tmp_path / "f.png").read_bytes() == (tmp_path / "q.png").read_bytes()
 
 
 def test_background_writer_keeps_order_and_reports_a_failed_write():

@@ -31,7 +31,7 @@ from threestudio.utils.config import check_plugin_config, parse_structured
 from threestudio.utils.distributed import all_reduce_max, average_gradients, replica_checksums
 from threestudio.utils.errors import ConfigError
 from threestudio.utils.gpu import MemoryBudget, to_device_async
-from threestudio.utils.io import BackgroundWriter, save_image, save_video
+from threestudio.utils.io import BackgroundWriter, quantize_uint8, save_image, save_video
 
 
 class BaseSystem:
@@ -394,8 +394,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
-        if self.is_writer:  # rank 0 renders and writes the validation grid
-            self._val_images.extend(self.render(batch)["comp_rgb"].cpu().unbind(0))
+        if self.is_writer:  # rank 0 renders and writes the validation grid (uint8 made on the device)
+            self._val_images.extend(quantize_uint8(self.render(batch)["comp_rgb"]).cpu().unbind(0))
 
     def on_validation_epoch_end(self) -> None:
         imgs = self._val_images
@@ -407,8 +407,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     @torch.no_grad()
     def test_step(self, batch, batch_idx):
-        if self.is_writer:  # rank 0 renders and writes the turntable
-            self._test_frames.extend(self.render(batch)["comp_rgb"].cpu().unbind(0))
+        if self.is_writer:  # rank 0 renders and writes the turntable (uint8 frames made on the device)
+            self._test_frames.extend(quantize_uint8(self.render(batch)["comp_rgb"]).cpu().unbind(0))
 
     def on_test_epoch_end(self) -> None:
         frames = self._test_frames

@@ -54,10 +54,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def to_uint8(img) -> np.ndarray:
-    """[H, W, C] float in [0, 1] (tensor or array) -> uint8 array."""
+    """[H, W, C] image -> uint8 array: floats in [0, 1] (tensor or array; values outside are clipped)
+    are rounded to the nearest of 0..255; uint8 input (e.g. from :func:`quantize_uint8`) is returned as
+    it is (as an array)."""
     if hasattr(img, "detach"):
+        if str(img.dtype) == "torch.uint8":
+            return img.detach().cpu().numpy()
         img = img.detach().float().cpu().numpy()
+    elif img.dtype == np.uint8:
+        return img
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def quantize_uint8(img):
+    """:func:`to_uint8` on the tensor's own device, as a uint8 tensor of the same shape: the same
+    formula (clip to [0, 1], times 255, plus 0.5, truncated), so the same bytes, with a quarter of the
+    float image's copy to the host and no conversion on the CPU afterwards (validation grids, turntable
+    frames)."""
+    import torch
+
+    return (img.detach().float().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
 
 
 def save_image(path: str | Path, img) -> None:
