@@ -135,12 +135,15 @@ class RefineSystem(BaseSystem):
         refiner = VCRRefiner(
             guidance, c.lambda_fusion, c.guidance_scale, c.ip_adapter_scale, c.ip_adapter_shortcut_scale, seed=c.seed
         )
-        refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget)
-        clock.lap("refine")
-        writer = BackgroundWriter(workers=min(8, os.cpu_count() or 1))  # 3 PNGs per view, encoded in parallel
+        # 3 PNGs per view, encoded in parallel; the renders and skeletons while the GPU refines (the
+        # refinement only reads rgb and pose)
+        writer = BackgroundWriter(workers=min(8, os.cpu_count() or 1))
         for i in range(c.n_views):
             writer.submit(save_image, self.save_path("views", f"render_{i:03d}.png"), rgb[i])
             writer.submit(save_image, self.save_path("views", f"pose_{i:03d}.png"), pose[i])
+        refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget)
+        clock.lap("refine")
+        for i in range(c.n_views):
             writer.submit(save_image, self.save_path("views", f"refined_{i:03d}.png"), refined[i])
         writer.wait()
         clock.lap("write")
