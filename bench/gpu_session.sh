@@ -16,6 +16,7 @@ python3 -m threestudio.tiny 2>&1 | tail -1
 python3 bench/rasterizer_agreement.py --template .bench/anny_template.npz --points 20000 --size 256 --out $OUT/raster.json 2>&1 | tail -30
 (time python3 -m threestudio.tiny --size sd15 --out /tmp/sd15) 2>&1 | tail -4
 python3 bench/stage1_step.py --models /tmp/sd15 --template .bench/anny_template.npz --steps 4 --breakdown --out $OUT/stage1.json 2>&1 | grep -v Warning | tail -40
+python3 bench/sdpa_backends.py --out $OUT/sdpa_backends.json 2>&1 | tail -40
 # animation: body only, then body + facial expression (needs an AMASS SMPL-X motion: cp ../shared/data/motions/amass_test_17.npz .bench/)
 python3 bench/animation_fps.py --template .bench/anny_template.npz --motion "${MOTION:-.bench/amass_test_17.npz}" --out $OUT/animation.json 2>&1 | tail -30
 # stages 2 and 3
