@@ -61,7 +61,7 @@ def to_uint8(img) -> np.ndarray:
         if str(img.dtype) == "torch.uint8":
             return img.detach().cpu().numpy()
         img = img.detach().float().cpu().numpy()
-    elif img.dtype == np.uint8:
+    elif isinstance(img, np.ndarray) and img.dtype == np.uint8:
         return img
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -82,7 +82,7 @@ def save_image(path: str | Path, img) -> None:
     percent larger files."""
     import imageio.v3 as iio
 
-    arr = img if isinstance(img, np.ndarray) and img.dtype == np.uint8 else to_uint8(img)
+    arr = to_uint8(img)
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, arr, extension=".png", compress_level=1)
 
@@ -121,7 +121,7 @@ def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
     """
     import imageio.v2 as iio2
 
-    frames = [f if isinstance(f, np.ndarray) and f.dtype == np.uint8 else to_uint8(f) for f in frames]
+    frames = [to_uint8(f) for f in frames]
     if not frames:
         raise ValueError("save_video: no frames")
     try:
