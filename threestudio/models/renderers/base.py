@@ -17,7 +17,7 @@ class Renderer(BaseObject):
 
     * ``comp_rgb`` [B, H, W, 3] in [0, 1] (composited over ``background``),
     * ``opacity`` [B, H, W, 1] accumulated alpha,
-    * ``depth`` [B, H, W, 1] expected camera-z depth (0 where empty),
+    * ``depth`` [B, H, W, 1] expected camera-z depth (0 where empty), only with ``Config.depth``,
     * ``radii`` [B, N] int screen radius (0 = not visible),
     * ``means2d`` [B, N, 2] pixel positions; ``retain_grad()`` has been called when
       ``requires_grad`` so that ``means2d.grad`` holds dL/d(pixel) after backward.
@@ -31,6 +31,10 @@ class Renderer(BaseObject):
         """Gaussians closer to the camera than this (camera z, world units) are culled."""
         eps2d: float = 0.3
         """Low-pass filter added to the 2-D covariance diagonal, pixels² (3DGS / gsplat)."""
+        depth: bool = False
+        """Also render the expected depth (``depth`` in the output): one more channel for the
+        rasterizer to blend and, in training, to backpropagate. No stage reads it; the RGB, alpha and
+        their gradients are the same either way (each channel is blended on its own)."""
 
     def render(self, model: GaussianModel | PosedGaussians, cameras: Cameras, colors=None) -> dict:
         raise NotImplementedError

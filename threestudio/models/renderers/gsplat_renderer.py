@@ -1,4 +1,4 @@
-"""gsplat (CUDA) renderer: batched cameras, RGB + expected depth + alpha in one call."""
+"""gsplat (CUDA) renderer: batched cameras, RGB (+ expected depth when asked) + alpha in one call."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class GsplatRenderer(Renderer):
             height=cameras.height,
             near_plane=self.cfg.near_plane,
             eps2d=self.cfg.eps2d,
-            render_mode="RGB+ED",
+            render_mode="RGB+ED" if self.cfg.depth else "RGB",
             backgrounds=bg.expand(B, 3),
             packed=self.cfg.packed,
             absgrad=self.cfg.absgrad,
@@ -60,10 +60,7 @@ class GsplatRenderer(Renderer):
         radii = info["radii"]
         if radii.dim() == 3:  # gsplat >= 1.5 returns per-axis radii
             radii = radii.max(-1).values
-        return {
-            "comp_rgb": rgbd[..., :3],
-            "depth": rgbd[..., 3:4],
-            "opacity": alpha,
-            "radii": radii,
-            "means2d": means2d,
-        }
+        out = {"comp_rgb": rgbd[..., :3], "opacity": alpha, "radii": radii, "means2d": means2d}
+        if self.cfg.depth:
+            out["depth"] = rgbd[..., 3:4]
+        return out

@@ -40,14 +40,28 @@ class TorchSplatRenderer(Renderer):
             self.cfg.near_plane,
             self.cfg.eps2d,
             self.cfg.tile_size,
+            self.cfg.depth,
         )
 
 
 def rasterize_torch(
-    means, scales, quats, opacities, colors, w2c, K, width, height, background=(0, 0, 0), near=0.01, eps2d=0.3, tile=16
+    means,
+    scales,
+    quats,
+    opacities,
+    colors,
+    w2c,
+    K,
+    width,
+    height,
+    background=(0, 0, 0),
+    near=0.01,
+    eps2d=0.3,
+    tile=16,
+    depth: bool = True,
 ) -> dict:
-    """Rasterize N Gaussians into B views; see :class:`Renderer` for the outputs and
-    ``ops/gaussians.py`` for the conventions. ``colors`` is [N, 3] or per-view [B, N, 3]."""
+    """Rasterize N Gaussians into B views; see :class:`Renderer` for the outputs (``depth`` only when
+    ``depth``) and ``ops/gaussians.py`` for the conventions. ``colors`` is [N, 3] or per-view [B, N, 3]."""
     B = w2c.shape[0]
     proj = project_gaussians(means, covariance_3d(scales, quats), w2c, K, width, height, near, eps2d)
     means2d = proj["means2d"]
@@ -93,10 +107,7 @@ def rasterize_torch(
         outs.append(img[:height, :width])
     out = torch.stack(outs)
     acc = out[..., 4:5]
-    return {
-        "comp_rgb": out[..., :3] + (1 - acc) * bg,
-        "opacity": acc,
-        "depth": out[..., 3:4] / acc.clamp_min(1e-10),
-        "radii": proj["radii"],
-        "means2d": means2d,
-    }
+    res = {"comp_rgb": out[..., :3] + (1 - acc) * bg, "opacity": acc, "radii": proj["radii"], "means2d": means2d}
+    if depth:
+        res["depth"] = out[..., 3:4] / acc.clamp_min(1e-10)
+    return res
