@@ -56,3 +56,18 @@ def test_common_box_size_rounds_up_to_a_multiple_and_keeps_every_box():
 
     exact, rounded = sizes(1), sizes(64)
     assert rounded <= 6 < 40 <= exact
+
+
+def test_ssim_loss_uses_pytorch_msssims_window_made_once():
+    """The cached window is pytorch-msssim's own default (the same loss to the last bit as letting it
+    make the window in each call), and it is made once per device and channel count."""
+    from pytorch_msssim import ssim
+
+    from threestudio.ops.losses import ssim_loss, ssim_window
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 40, 56, generator=gen), torch.rand(2, 3, 40, 56, generator=gen)
+    ref = 1.0 - ssim(x, y, data_range=1.0, size_average=True)
+    torch.testing.assert_close(ssim_loss(x, y), ref, rtol=0, atol=0)
+    assert ssim_window(3, x.device) is ssim_window(3, x.device)
+    assert ssim_window(3, x.device).shape == (3, 1, 1, 11)

@@ -64,11 +64,33 @@ def crop_boxes(img: Float[Tensor, "B H W C"], boxes, scale: float = 1.0) -> Floa
     return F.interpolate(crops, size=size, mode="bilinear", align_corners=False, antialias=scale < 1.0)
 
 
+SSIM_WINDOW = (11, 1.5)
+"""SSIM's separable Gaussian window: size in pixels, σ in pixels (Wang et al. 2004; pytorch-msssim's default)."""
+
+_ssim_windows: dict = {}
+
+
+def ssim_window(channels: int, device) -> Float[Tensor, "C 1 1 S"]:
+    """pytorch-msssim's default window (``_fspecial_gauss_1d(11, 1.5)`` repeated per channel, float32),
+    made once per device and channel count. Left to pytorch-msssim, it is made on the CPU and copied to
+    the GPU in every call, a copy that makes the host wait for the GPU in each stage-3 step."""
+    key = (channels, str(device))
+    if key not in _ssim_windows:
+        size, sigma = SSIM_WINDOW
+        coords = torch.arange(size, dtype=torch.float32) - size // 2
+        g = torch.exp(-(coords**2) / (2 * sigma**2))
+        g = (g / g.sum()).view(1, 1, 1, size)
+        _ssim_windows[key] = g.repeat(channels, 1, 1, 1).to(device)
+    return _ssim_windows[key]
+
+
 def ssim_loss(x: Float[Tensor, "B C h w"], y: Float[Tensor, "B C h w"]) -> Tensor:
-    """``1 - SSIM`` (Wang et al. 2004; 11x11 Gaussian window, σ 1.5; pytorch-msssim)."""
+    """``1 - SSIM`` (Wang et al. 2004; 11x11 Gaussian window, σ 1.5; pytorch-msssim) of images in [0, 1],
+    averaged over the batch and channels; the window is :func:`ssim_window` (no host-to-device copy)."""
     from pytorch_msssim import ssim
 
-    return 1.0 - ssim(x.float(), y.float(), data_range=1.0, size_average=True)
+    x, y = x.float(), y.float()
+    return 1.0 - ssim(x, y, data_range=1.0, size_average=True, win=ssim_window(x.shape[1], x.device))
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
