@@ -30,6 +30,17 @@ class VCRContext:
     roles: list = field(default_factory=list)
     store: dict = field(default_factory=dict)
     """(layer, view, step) -> attention input [2 (uncond, cond), L, C] of a primary/key view."""
+    weights: dict = field(default_factory=dict)
+    """(views, device, dtype) -> fusion weights [2·V, 2] of in-between views, made once on the device
+    (a tensor built from a Python list in every layer would be a host-to-device copy that waits for the GPU)."""
+
+    def fusion_weights(self, device, dtype) -> Tensor:
+        """The in-between views' anchor weights (w_a, w_b) for the CFG batch [uncond, cond] of ``views``."""
+        key = (tuple(self.views), str(device), dtype)
+        if key not in self.weights:
+            w = torch.tensor([self.roles[v].weights for v in self.views], dtype=dtype)
+            self.weights[key] = w.repeat(2, 1).to(device)
+        return self.weights[key]
 
 
 class VCRAttnProcessor:
@@ -77,7 +88,7 @@ class VCRAttnProcessor:
             out = attention(q, heads(attn.to_k(kv)), heads(attn.to_v(kv)))
         else:
             ha, hb = partner(0), partner(1)
-            w = torch.tensor([ctx.roles[v].weights for v in ctx.views], device=q.device, dtype=q.dtype).repeat(2, 1)
+            w = ctx.fusion_weights(q.device, q.dtype)
             out = fused_attention(
                 q,
                 heads(attn.to_k(hidden_states)),
@@ -181,6 +192,7 @@ class VCRRefiner:
         n = rgb.shape[0]
         self.ctx.roles = view_roles(n)
         self.ctx.store.clear()
+        self.ctx.weights.clear()
         fixed = 1 if sequential else chunk
         z0 = torch.cat(self._chunked(lambda sl: self.encode(rgb[sl]), n, BatchSizer(budget, fixed)))
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
