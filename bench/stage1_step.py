@@ -177,9 +177,6 @@ def run(
         step(first + i)
         sync()
         warm_s.append(time.perf_counter() - t)
-    wait = getattr(system.guidance, "wait_for_graphs", None)
-    if wait is not None:  # the other row counts' CUDA graphs, captured on a background thread meanwhile
-        wait()
     s = start_step + 2
     for _ in range(max(1, steps // block)):
         sync()

@@ -109,12 +109,6 @@ class AHDSSystem(GaussianSystem):
         self.timings.update(clock.laps)
         self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))
 
-    def on_train_end(self) -> None:
-        wait = getattr(self.guidance, "wait_for_graphs", None)
-        if wait is not None:  # no background CUDA-graph capture outlives the training (its memory pool goes with it)
-            wait(stop=True)
-        super().on_train_end()
-
     # ------------------------------------------------------------------ training
     def prepare_train_batch(self, cams: Cameras) -> GuidedViews:
         """OpenPose skeletons (method §5.4) and view prompts (method §3.5) of the views ``cams`` (on the

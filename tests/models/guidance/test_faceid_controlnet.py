@@ -396,9 +396,8 @@ def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, mo
         loss1, grad1 = _sds_step(opt, e, seed, "cuda")
         torch.testing.assert_close(loss1, loss0, rtol=1e-3, atol=1e-6)
         assert float((grad1 - grad0).norm() / grad0.norm()) < 1e-3
-    opt.wait_for_graphs()  # the other row counts were captured on the background thread
     graphs = len(opt._graphs)
-    assert graphs == 3  # one per row count (4, 5 and 6 rows for two views)
+    assert 1 <= graphs <= 3  # one per row count (4, 5 or 6 rows for two views)
     again0, _ = _sds_step(opt, e, 1, "cuda")  # seed 1 again: replayed, nothing captured
     assert len(opt._graphs) == graphs
     torch.testing.assert_close(again0, loss1, rtol=0, atol=0)
@@ -423,38 +422,3 @@ def test_vae_layout_optimization_is_an_inductor_option_of_this_torch():
     torch.compile(torch.nn.Identity(), options={"force_layout_optimization": True})  # validates the name
     with pytest.raises(RuntimeError, match="Unexpected optimization option"):
         torch.compile(torch.nn.Identity(), options={"force_layout_optimisation": True})
-
-
-@pytest.mark.gpu
-def test_background_captured_graphs_replay_the_noise_prediction(tiny_dir, tmp_path, monkeypatch):
-    """After the first captured row count, the graphs of the other counts come from the background
-    thread (zero-filled inputs); replaying one with a step's real inputs gives the eager prediction."""
-    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32", compile_denoiser=False))
-    g.load("cuda")
-    g.prepare_identity(str(face("man.png")))
-    gen = torch.Generator().manual_seed(0)
-    B, h = 2, 8
-    br = [g.branches[n] for n in ("neg", "pos", "null")]
-    pose = torch.rand(B, 3, h * g.vae_scale_factor, h * g.vae_scale_factor, generator=gen).cuda()
-
-    def inputs(k):
-        n = k + 2 * B
-        views = [torch.arange(k).cuda(), torch.arange(B).cuda(), torch.arange(B).cuda()]
-        text = torch.randn(n, 77, g.unet.config.cross_attention_dim, generator=gen).cuda()
-        z = torch.randn(n, 4, h, h, generator=gen).cuda()
-        return z, torch.randint(0, 999, (n,), generator=gen).cuda(), text, views
-
-    with torch.no_grad():
-        z, t, text, views = inputs(B)
-        g._noise(z, t, text, br, pose, views)  # captures 6 rows, starts the background thread
-        g.wait_for_graphs()
-        assert len(g._graphs) == B + 1
-        for k in (0, 1):
-            z, t, text, views = inputs(k)
-            torch.testing.assert_close(
-                g._noise(z, t, text, br, pose, views), g.predict_noise(z, t, text, br, pose, views)
-            )
-        assert len(g._graphs) == B + 1  # nothing captured in the step

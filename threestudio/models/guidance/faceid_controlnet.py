@@ -11,8 +11,6 @@ the CLIP crop is RGB; the timestep schedule follows the configured step count.
 from __future__ import annotations
 
 import importlib.util
-import logging
-import threading
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,8 +30,6 @@ from threestudio.utils.errors import MissingModelError
 from threestudio.utils.gpu import resolve_dtype, to_device_async
 from threestudio.utils.io import persist_compile_cache
 from threestudio.utils.typing import Float, Tensor
-
-log = logging.getLogger(__name__)
 
 
 class GroupNormKind(str, Enum):
@@ -272,13 +268,6 @@ class FaceIDControlNetGuidance(BaseObject):
         cuda_graph: bool = True
         """Replay the no-grad ControlNet + UNet noise prediction from a CUDA graph on CUDA, one graph per
         row count (all in one memory pool): no kernel-launch overhead, same kernels and numbers."""
-        background_graphs: bool = True
-        """With ``cuda_graph`` and ``skip_unused_negative``: once the first step has captured its graph,
-        capture the graphs of the other row counts (2B to 3B - 1 rows) on a background thread while
-        training goes on, instead of inside the step that first meets each count (where each capture
-        cost 0.7-0.9 s on an H100, most of it cuDNN building its plans for the new shapes on the host).
-        The same graphs: captured from zero-filled inputs of the same shapes, and a replay copies each
-        step's inputs in first. A capture that fails there is left to the step, as without it."""
         skip_unused_negative: bool = True
         """Run the negative branch only for the views whose timestep is at least ``anpg_t_threshold``:
         below it ANPG's gradient does not use ε_neg (method §6.1 step 5), so the same gradient costs
@@ -437,10 +426,6 @@ class FaceIDControlNetGuidance(BaseObject):
             )
         self._graphs: dict = {}
         self._graph_pool = None
-        self._capture_lock = threading.Lock()
-        """Held while a graph is captured (the step's thread or the background one, never both)."""
-        self._background: threading.Thread | None = None
-        self._stop_background = threading.Event()
         self.loaded = True
 
     def set_channels_last(self, on: bool) -> None:
@@ -468,23 +453,8 @@ class FaceIDControlNetGuidance(BaseObject):
         self._forget_graphs()
 
     def _forget_graphs(self) -> None:
-        """Stop the background captures and drop the captured noise predictions (and their memory pool)."""
-        self.wait_for_graphs(stop=True)
-        if getattr(self, "_graphs", None) and self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # no replay still reads the pool
+        """Drop the captured noise predictions (and their memory pool)."""
         self._graphs, self._graph_pool = {}, None
-
-    def wait_for_graphs(self, stop: bool = False) -> None:
-        """Wait until the background thread has captured the other row counts' graphs
-        (``background_graphs``); with ``stop`` it finishes only the capture under way."""
-        th = getattr(self, "_background", None)
-        if th is None:
-            return
-        if stop:
-            self._stop_background.set()
-        th.join()
-        self._background = None
-        self._stop_background.clear()
 
     # ------------------------------------------------------------------ identity conditioning
     @torch.no_grad()
@@ -538,99 +508,29 @@ class FaceIDControlNetGuidance(BaseObject):
             tuple(id(b) for b in branches),
         )
         inputs = [latents_t, t, text, pose, *views]
-        entry = self._graphs.get(key)
-        if entry is None:
-            with self._capture_lock:  # the background thread may be capturing this very count
-                entry = self._graphs.get(key)
-                if entry is None:
-                    entry = self._graphs[key] = self._capture(inputs, branches, warmup=2)
-            if self.cfg.background_graphs and self.cfg.skip_unused_negative and self._background is None:
-                self._start_background_graphs(latents_t, text, pose, views, branches)
-        graph, static, out = entry
+        if key not in self._graphs:
+            static = [x.clone() for x in inputs]
+
+            def run():
+                return self.predict_noise(static[0], static[1], static[2], branches, static[3], static[4:])
+
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm up (cuDNN / cuBLAS workspaces) outside the capture
+                for _ in range(2):
+                    run()
+            torch.cuda.current_stream().wait_stream(side)
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                out = run()
+            self._graphs[key] = (graph, static, out)
+        graph, static, out = self._graphs[key]
         for buf, x in zip(static, inputs, strict=True):
             buf.copy_(x)
         graph.replay()
         return out.clone()
-
-    def _capture(self, inputs: list[Tensor], branches: list, warmup: int) -> tuple:
-        """Capture :meth:`predict_noise` of ``inputs`` (``[latents_t, t, text, pose, *views]``) in a CUDA
-        graph in the shared pool, after ``warmup`` eager runs (cuDNN / cuBLAS plans and workspaces) on a
-        side stream. Returns ``(graph, static inputs, static output)``. The capture only checks the
-        calling thread's CUDA calls (``thread_local``), so the other thread's work goes on meanwhile."""
-        static = [x.clone() for x in inputs]
-
-        def run():
-            return self.predict_noise(static[0], static[1], static[2], branches, static[3], static[4:])
-
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                run()
-            if self._graph_pool is None:
-                self._graph_pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            graph.capture_begin(pool=self._graph_pool, capture_error_mode="thread_local")
-            try:
-                out = run()
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        return graph, static, out
-
-    def _start_background_graphs(self, latents_t: Tensor, text: Tensor, pose: Tensor, views: list, branches: list):
-        """Capture, on a background thread, the graphs of every other negative-row count (0 … B of the
-        B views, ``skip_unused_negative``), from zero-filled inputs shaped like this step's
-        ([latents_t, t, text, pose, *views] of :meth:`_noise`; ``views`` = [negative, positive, null]).
-        The thread works on its own CUDA stream and publishes a graph only once its stream is idle."""
-        B, n_neg = len(views[1]), len(views[0])
-        if len(views) != 3 or len(views[2]) != B or latents_t.shape[0] != n_neg + 2 * B:
-            return  # not the row layout of __call__
-        todo = [k for k in range(B - 1, -1, -1) if k != n_neg]  # the schedule anneals: more rows first
-        if not todo:
-            return
-        cl = torch.channels_last
-        lat_spec = (
-            latents_t.shape[1:],
-            latents_t.dtype,
-            latents_t.dim() == 4 and latents_t.is_contiguous(memory_format=cl),
-        )
-        pose_spec = (pose.shape, pose.dtype, pose.is_contiguous(memory_format=cl))
-        text_spec = (text.shape[1:], text.dtype)
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-
-        def zeros(shape, dtype, channels_last=False):
-            x = torch.zeros(tuple(shape), device=self.device, dtype=dtype)
-            return x.contiguous(memory_format=cl) if channels_last else x
-
-        def work():
-            try:
-                torch.cuda.set_device(index)
-                stream = torch.cuda.Stream(self.device)
-                # grad mode is per thread: the step's noise prediction runs without it
-                with torch.no_grad(), torch.cuda.stream(stream):
-                    for k in todo:
-                        if self._stop_background.is_set():
-                            return
-                        n = k + 2 * B
-                        lat = zeros((n, *lat_spec[0]), lat_spec[1], lat_spec[2])
-                        txt = zeros((n, *text_spec[0]), text_spec[1])
-                        pz = zeros(*pose_spec)
-                        tt = torch.full((n,), 500, device=self.device, dtype=torch.long)
-                        vw = [torch.arange(c, device=self.device) for c in (k, B, B)]
-                        key = (tuple(lat.shape), tuple(txt.shape), tuple(pz.shape), (k, B, B), tuple(map(id, branches)))
-                        with self._capture_lock:
-                            if key not in self._graphs:
-                                entry = self._capture([lat, tt, txt, pz, *vw], branches, warmup=1)
-                                stream.synchronize()
-                                self._graphs[key] = entry
-            except Exception as e:  # noqa: BLE001 - the steps capture what is missing, as without this thread
-                log.warning(
-                    "background CUDA-graph capture stopped (%s: %s); the steps capture the rest", type(e).__name__, e
-                )
-
-        self._background = threading.Thread(target=work, name="gip-graph-capture", daemon=True)
-        self._background.start()
 
     def predict_noise(
         self,
