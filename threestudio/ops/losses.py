@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from threestudio.utils.typing import Float, Tensor
@@ -67,21 +69,17 @@ def crop_boxes(img: Float[Tensor, "B H W C"], boxes, scale: float = 1.0) -> Floa
 SSIM_WINDOW = (11, 1.5)
 """SSIM's separable Gaussian window: size in pixels, σ in pixels (Wang et al. 2004; pytorch-msssim's default)."""
 
-_ssim_windows: dict = {}
 
-
+@functools.cache
 def ssim_window(channels: int, device) -> Float[Tensor, "C 1 1 S"]:
     """pytorch-msssim's default window (``_fspecial_gauss_1d(11, 1.5)`` repeated per channel, float32),
     made once per device and channel count. Left to pytorch-msssim, it is made on the CPU and copied to
     the GPU in every call, a copy that makes the host wait for the GPU in each stage-3 step."""
-    key = (channels, str(device))
-    if key not in _ssim_windows:
-        size, sigma = SSIM_WINDOW
-        coords = torch.arange(size, dtype=torch.float32) - size // 2
-        g = torch.exp(-(coords**2) / (2 * sigma**2))
-        g = (g / g.sum()).view(1, 1, 1, size)
-        _ssim_windows[key] = g.repeat(channels, 1, 1, 1).to(device)
-    return _ssim_windows[key]
+    size, sigma = SSIM_WINDOW
+    coords = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = (g / g.sum()).view(1, 1, 1, size)
+    return g.repeat(channels, 1, 1, 1).to(device)
 
 
 def ssim_loss(x: Float[Tensor, "B C h w"], y: Float[Tensor, "B C h w"]) -> Tensor:
