@@ -96,9 +96,9 @@ def main(argv=None) -> int:
     """Run one launch, or several separated by ``--then`` one after another in this process (run.sh's
     stages: one Python start-up and one CUDA context instead of one per launch). The chain stops at the
     first launch that fails and returns its exit status; GPU memory is released between launches."""
+    from threestudio.utils import handover
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if CHAIN not in argv:
-        return _main_one(argv)
     segments, cur = [], []
     for a in argv:
         if a == CHAIN:
@@ -107,13 +107,17 @@ def main(argv=None) -> int:
         else:
             cur.append(a)
     segments.append(cur)
-    for i, seg in enumerate(segments):
-        rc = _main_one(seg, chained=True)
-        if rc:
-            return rc
-        if i + 1 < len(segments) and not parse_args(seg).check:  # a check loads nothing onto any device
-            release_gpu_memory()  # (releasing costs 2.4 s on the H200 machine even when nothing is held)
-    return 0
+    try:
+        for i, seg in enumerate(segments):
+            rc = _main_one(seg, chained=len(segments) > 1)
+            if rc:
+                return rc
+            if i + 1 < len(segments) and not parse_args(seg).check:  # a check loads nothing onto any device
+                handover.expire()  # what the launch before this one left and no one took goes
+                release_gpu_memory()  # (releasing costs 2.4 s on the H200 machine even when nothing is held)
+        return 0
+    finally:
+        handover.clear()  # nothing outlives this call (a later launch in this process starts afresh)
 
 
 def release_gpu_memory() -> None:

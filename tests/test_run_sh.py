@@ -77,7 +77,9 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         assert sum(timings[p] for p in parts) <= timings["setup"] + slack, timings
         step_ms = json.loads((run / f"stage{n}" / "manifest.json").read_text())["step_ms"]
         assert step_ms["steps"] == 3 and step_ms["first"] > 0 and step_ms["median"] > 0, step_ms
-    timings = json.loads((run / "stage2" / "manifest.json").read_text())["timings_s"]  # stage 2's phases
+    s2 = json.loads((run / "stage2" / "manifest.json").read_text())
+    assert s2["models_from_stage1"] is True  # one process: stage 2 refined with the networks stage 1 loaded
+    timings = s2["timings_s"]  # stage 2's phases
     assert set(timings) == {"render", "load_models", "identity", "prompts", "refine", "write"}, timings
     assert min(timings.values()) >= 0 and timings["refine"] > 0, timings
     banners = re.findall(r"^== stage (\d)/3: (\w+) -> (.+)$", r.stdout, re.M)  # one process printed them in order

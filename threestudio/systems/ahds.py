@@ -109,6 +109,10 @@ class AHDSSystem(GaussianSystem):
         self.timings.update(clock.laps)
         self.write_manifest(stage="ahds", prompt=self.prompt_processor.cfg.prompt, face_image=str(self.cfg.face_image))
 
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self.guidance.hand_over()  # for stage 2 of run.sh's chain, which then loads nothing again
+
     # ------------------------------------------------------------------ training
     def prepare_train_batch(self, cams: Cameras) -> GuidedViews:
         """OpenPose skeletons (method §5.4) and view prompts (method §3.5) of the views ``cams`` (on the

@@ -121,7 +121,7 @@ class RefineSystem(BaseSystem):
         for k in ("compile_denoiser", "compile_vae_encoder"):  # a few hundred no-grad calls at new shapes:
             gcfg[k] = c.guidance.get(k, False)  # compiling would cost more than it saves, unless asked for
         guidance = threestudio.find(c.guidance_type)(gcfg)
-        guidance.load(device)
+        guidance.load(device)  # the networks stage 1 handed over, when this process ran it (run.sh)
         clock.lap("load_models")
         guidance.prepare_identity(self.stage1["face_image"])
         guidance.free_image_encoder()
@@ -159,6 +159,7 @@ class RefineSystem(BaseSystem):
             n_views=c.n_views,
             cameras="save/views/cameras.json",
             timings_s=clock.laps,
+            models_from_stage1=bool(getattr(guidance, "reused", False)),
             **self.memory_record(),
         )
 

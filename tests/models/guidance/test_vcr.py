@@ -80,3 +80,86 @@ def test_tier_batching_equals_sequential(tiny_dir):
     rgb2[12] = 1 - rgb2[12]  # the front view (+90°)
     out2 = r.refine(rgb2, pose, tc, tu)
     assert (out2[13] - batched[13]).abs().max() > 1e-4
+
+
+def test_stage_1_networks_handed_over_to_stage_2_refine_as_freshly_loaded_ones(tiny_dir, tmp_path):
+    """run.sh's stage 2 takes the networks stage 1 left (``hand_over``), back in their eager form, and
+    refines exactly as with networks loaded from the files; other models are never taken."""
+    from tests.conftest import face, tiny_guidance_cfg
+    from threestudio.models.guidance.faceid_controlnet import (
+        ChannelStatsGroupNorm,
+        FaceIDControlNetGuidance,
+        noise_prediction,
+        use_channel_stats_group_norm,
+    )
+    from threestudio.models.guidance.vcr import VCRRefiner
+    from threestudio.utils import handover
+    from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
+
+    n, gen = 8, torch.Generator().manual_seed(0)
+    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
+    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
+
+    def refined(g):
+        g.prepare_identity(str(face()))
+        g.free_image_encoder()
+        return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5).refine(rgb, pose, tc, tu)
+
+    fresh = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
+    fresh.load("cpu")
+    expected = refined(fresh)
+
+    s1cfg = {**tiny_guidance_cfg(tiny_dir), "n_steps": 30}
+    s1 = FaceIDControlNetGuidance(s1cfg)
+    s1.load("cpu")
+    s1.prepare_identity(str(face()))
+    s1.free_image_encoder()
+    # stage 1 on a GPU: compiled encoder with channel-statistics GroupNorms, compiled noise prediction
+    use_channel_stats_group_norm(s1.vae.encoder)
+    s1.vae.encoder = DiskCompiledModule(s1.vae.encoder, "enc", backend="aot_eager", cache_dir=tmp_path)
+    s1._denoise = DiskCompiled(noise_prediction, "np", backend="aot_eager", cache_dir=tmp_path)
+    unet = s1.unet
+    try:
+        s1.hand_over()
+        assert handover.keys() == ["faceid-controlnet-guidance"]
+        s2 = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "compile_denoiser": False})
+        s2.load("cpu")
+        assert s2.reused and s2.unet is unet and handover.keys() == []
+        assert s2._denoise is noise_prediction and not isinstance(s2.vae.encoder, DiskCompiledModule)
+        assert not any(isinstance(m, ChannelStatsGroupNorm) for m in s2.vae.modules())
+        assert s2.image_encoder is None  # the same face: stage 1's branches, no image encoder needed
+        torch.testing.assert_close(refined(s2), expected, rtol=0, atol=0)
+        # another model (or device) is loaded from its files; what was left is dropped
+        s2.hand_over()
+        other = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "controlnet_scale": 0.5})
+        other.load("cpu")
+        assert not other.reused and other.unet is not unet and handover.keys() == []
+        # another face after a take-over: the image encoder comes back for its branches
+        other.prepare_identity(str(face()))
+        other.hand_over()
+        s3 = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "controlnet_scale": 0.5})
+        s3.load("cpu")
+        assert s3.reused and s3.image_encoder is not None  # other's encoder was never freed
+        s3.free_image_encoder()
+        before = s3.branches["pos"].id_embeds.clone()
+        s3.prepare_identity(str(face("woman.png")))
+        assert s3.image_encoder is not None and not torch.equal(s3.branches["pos"].id_embeds, before)
+    finally:
+        handover.clear()
+
+
+def test_handover_keeps_an_object_for_one_launch_only():
+    from threestudio.utils import handover
+
+    try:
+        handover.leave("a", 1)
+        handover.expire()  # the launch that left it ended
+        assert handover.keys() == ["a"]
+        handover.expire()  # the next launch ended without taking it
+        assert handover.keys() == [] and handover.take("a") is None
+        handover.leave("b", 2)
+        assert handover.take("b") == 2 and handover.take("b") is None
+        handover.leave("c", 3)
+    finally:
+        handover.clear()
+    assert handover.keys() == []

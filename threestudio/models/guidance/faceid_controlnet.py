@@ -24,6 +24,7 @@ from threestudio.models.face.identity import FaceIdentity
 from threestudio.models.guidance.hub import download_hint, is_available
 from threestudio.ops.norm import group_norm_channel_stats
 from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
+from threestudio.utils import handover
 from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
@@ -158,6 +159,33 @@ def use_channel_stats_group_norm(module: torch.nn.Module) -> int:
             m.__class__ = ChannelStatsGroupNorm
             n += 1
     return n
+
+
+HANDOVER_KEY = "faceid-controlnet-guidance"
+"""Key of the networks :meth:`FaceIDControlNetGuidance.hand_over` leaves in :mod:`threestudio.utils.handover`."""
+
+ADOPTABLE_OPTIONS = frozenset(
+    {
+        "n_steps",
+        "channels_last",
+        "ip_adapter_scale",
+        "ip_adapter_shortcut_scale",
+        "compile_vae_encoder",
+        "compile_denoiser",
+        "vae_layout_optimization",
+        "vae_group_norm",
+        "skip_unused_negative",
+    }
+)
+"""Options a handed-over guidance takes on after loading (memory layout, scales, schedule length, compilation); all
+others must be equal for :meth:`FaceIDControlNetGuidance.serves`."""
+
+
+def _plain(cfg) -> dict:
+    """A config (structured or dict) as a plain, resolved dict."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.create(cfg), resolve=True) if not isinstance(cfg, dict) else dict(cfg)
 
 
 @threestudio.register("faceid-controlnet-guidance")
@@ -331,6 +359,9 @@ class FaceIDControlNetGuidance(BaseObject):
     # ------------------------------------------------------------------ loading
     def configure(self) -> None:
         self.loaded = False
+        self.reused = False
+        """Whether :meth:`load` took the networks an earlier stage handed over (:meth:`hand_over`)."""
+        self._identity_of = None
 
     def load(self, device: torch.device | str) -> None:
         """Load every network onto ``device`` (frozen, eval).
@@ -341,6 +372,11 @@ class FaceIDControlNetGuidance(BaseObject):
         miss = self.missing()
         if miss:
             raise MissingModelError("missing pretrained models:\n  " + "\n  ".join(miss))
+        left = handover.take(HANDOVER_KEY)
+        if left is not None and left.serves(self.cfg, device):
+            self._adopt(left)
+            return
+        del left  # not the same models: dropped before a second set is loaded
         from diffusers import (
             AutoencoderKL,
             ControlNetModel,
@@ -348,7 +384,6 @@ class FaceIDControlNetGuidance(BaseObject):
             StableDiffusionControlNetPipeline,
             UNet2DConditionModel,
         )
-        from transformers import CLIPVisionModelWithProjection
 
         c = self.cfg
         self.device = torch.device(device)
@@ -388,10 +423,10 @@ class FaceIDControlNetGuidance(BaseObject):
         pipe.set_ip_adapter_scale(c.ip_adapter_scale)
         if c.fuse_lora:
             fuse_adapter_lora(pipe)
-        self.image_encoder = CLIPVisionModelWithProjection.from_pretrained(c.image_encoder_name_or_path, **kw)
         self.unet, self.vae, self.controlnet = pipe.unet, pipe.vae, pipe.controlnet
-        for m in (self.unet, self.vae, self.controlnet, self.image_encoder):
+        for m in (self.unet, self.vae, self.controlnet):
             m.to(self.device, self.dtype).eval().requires_grad_(False)
+        self._load_image_encoder()
         proj = self.unet.encoder_hid_proj.image_projection_layers[0]
         proj.shortcut, proj.shortcut_scale = True, c.ip_adapter_shortcut_scale
         self.ip_projection = proj
@@ -403,6 +438,14 @@ class FaceIDControlNetGuidance(BaseObject):
             from diffusers.models.attention_processor import AttnProcessor
 
             self.vae.set_attn_processor(AttnProcessor())
+        self._identity_of = None
+        self._compile()
+        self.loaded = True
+
+    def _compile(self) -> None:
+        """Wrap the VAE encoder and the noise prediction in their compiled forms as the config asks
+        (``compile_vae_encoder``, ``compile_denoiser``; CUDA with Triton only), else eager."""
+        c = self.cfg
         can_compile = self.device.type == "cuda" and importlib.util.find_spec("triton") is not None
         if can_compile and (c.compile_vae_encoder or c.compile_denoiser):
             persist_compile_cache()
@@ -426,7 +469,44 @@ class FaceIDControlNetGuidance(BaseObject):
             )
         self._graphs: dict = {}
         self._graph_pool = None
-        self.loaded = True
+
+    # ------------------------------------------------------------------ handing over to the next stage
+    def hand_over(self) -> None:
+        """Leave the loaded networks and identity branches for the next launch of this process
+        (:mod:`threestudio.utils.handover`): run.sh's stage 2 takes them in :meth:`load` instead of
+        loading the same files again (on an H100 2.0 s of loading and 0.4 s of identity). They go back
+        to their eager form first: the compiled VAE encoder and noise prediction and their CUDA graphs
+        are dropped (they were made for this stage's shapes and scales) and the encoder's GroupNorms
+        are plain ``nn.GroupNorm`` again. Nothing happens if nothing is loaded."""
+        if not getattr(self, "loaded", False):
+            return
+        self._forget_graphs()
+        self._denoise = noise_prediction
+        if isinstance(self.vae.encoder, DiskCompiledModule):
+            self.vae.encoder = self.vae.encoder.module
+        for m in self.vae.encoder.modules():
+            if type(m) is ChannelStatsGroupNorm:
+                m.__class__ = torch.nn.GroupNorm
+        self.ip_projection.clip_embeds = None
+        handover.leave(HANDOVER_KEY, self)
+
+    def serves(self, cfg, device: torch.device | str) -> bool:
+        """Whether these loaded networks are the ones a guidance of config ``cfg`` on ``device`` would
+        load: every option equal except those applied after loading (:data:`ADOPTABLE_OPTIONS`)."""
+        mine, theirs = _plain(self.cfg), _plain(cfg)
+        for k in ADOPTABLE_OPTIONS:
+            mine.pop(k, None), theirs.pop(k, None)
+        return self.loaded and mine == theirs and torch.device(device) == self.device
+
+    def _adopt(self, left: FaceIDControlNetGuidance) -> None:
+        """Take over the networks of ``left`` (:meth:`hand_over`), with this config's layout, scales and compilation."""
+        cfg = self.cfg
+        self.__dict__.update({k: v for k, v in left.__dict__.items() if k not in ("cfg", "schedule")})
+        self.cfg = cfg
+        self.set_channels_last(cfg.channels_last and self.device.type == "cuda")
+        self.set_ip_adapter_scale(cfg.ip_adapter_scale, cfg.ip_adapter_shortcut_scale)
+        self._compile()
+        self.reused = True
 
     def set_channels_last(self, on: bool) -> None:
         """Put the UNet, ControlNet and VAE weights (and, from now on, their inputs) in channels-last
@@ -434,6 +514,16 @@ class FaceIDControlNetGuidance(BaseObject):
         self._layout = torch.channels_last if on else torch.contiguous_format
         for m in (self.unet, self.vae, self.controlnet):
             m.to(memory_format=self._layout)
+
+    def _load_image_encoder(self) -> None:
+        """The CLIP ViT-H image encoder of IP-Adapter FaceID-Plus-v2, frozen, on the guidance device."""
+        from transformers import CLIPVisionModelWithProjection
+
+        c = self.cfg
+        enc = CLIPVisionModelWithProjection.from_pretrained(
+            c.image_encoder_name_or_path, local_files_only=c.local_files_only
+        )
+        self.image_encoder = enc.to(self.device, self.dtype).eval().requires_grad_(False)
 
     def free_image_encoder(self) -> None:
         """Drop the CLIP ViT-H image encoder (about 1.3 GB in bf16) once the identity branches are
@@ -474,13 +564,24 @@ class FaceIDControlNetGuidance(BaseObject):
 
     def prepare_identity(self, face_image: str) -> dict[str, ConditioningBranch]:
         """Positive (the user's face), null (irrelevant identity) and negative (zero id, zero image)
-        conditioning of method §5.2. Raises ``UserError`` if no face is found."""
+        conditioning of method §5.2. Raises ``UserError`` if no face is found. The branches of the
+        same face are kept (networks handed over by an earlier stage bring them along); another face
+        loads the CLIP image encoder again if :meth:`free_image_encoder` dropped it."""
+        source = (str(face_image), str(self.cfg.irr_image_path))
+        if source == self._identity_of:
+            return self.branches
         fid = FaceIdentity(self.cfg.face)
-        return self.set_identity(fid(face_image), fid(self.cfg.irr_image_path))
+        pos, irr = fid(face_image), fid(self.cfg.irr_image_path)
+        if self.image_encoder is None:
+            self._load_image_encoder()
+        branches = self.set_identity(pos, irr)
+        self._identity_of = source
+        return branches
 
     def set_identity(self, pos, irr) -> dict[str, ConditioningBranch]:
         """Build the three branches from the user's and the irrelevant identity's :class:`FaceID`."""
         self._forget_graphs()  # captured noise predictions hold the old identity's tensors
+        self._identity_of = None
         to_t = lambda e: torch.from_numpy(e)[None].to(self.device, self.dtype)  # noqa: E731
         self.branches = {
             "neg": ConditioningBranch(
