@@ -422,3 +422,62 @@ def test_vae_layout_optimization_is_an_inductor_option_of_this_torch():
     torch.compile(torch.nn.Identity(), options={"force_layout_optimization": True})  # validates the name
     with pytest.raises(RuntimeError, match="Unexpected optimization option"):
         torch.compile(torch.nn.Identity(), options={"force_layout_optimisation": True})
+
+
+def _half_copy(tiny_dir, dst):
+    """The tiny models with every safetensors weight file stored in fp16 (as the real checkpoints are)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_dir, dst)
+    for f in dst.rglob("*.safetensors"):
+        sd = load_file(f)
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, f, metadata={"format": "pt"})
+    return dst
+
+
+def test_stored_float_dtype_reads_the_safetensors_headers(tiny_dir, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from threestudio.models.guidance.hub import stored_float_dtype
+
+    half = _half_copy(tiny_dir, tmp_path / "half")
+    w = "diffusion_pytorch_model.safetensors"
+    assert stored_float_dtype(str(tiny_dir / "rv"), w, "unet") is torch.float32
+    assert stored_float_dtype(str(half / "rv"), w, "unet") is torch.float16
+    assert stored_float_dtype(str(half / "image_encoder"), "model.safetensors") is torch.float16
+    assert stored_float_dtype(str(tmp_path / "nowhere"), w) is None
+    shard = tmp_path / "sharded"
+    shard.mkdir()
+    save_file(
+        {"a": torch.zeros(2, dtype=torch.bfloat16), "i": torch.zeros(2, dtype=torch.int64)}, shard / "s1.safetensors"
+    )
+    save_file({"b": torch.zeros(2, dtype=torch.bfloat16)}, shard / "s2.safetensors")
+    (shard / f"{w}.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}}))
+    assert stored_float_dtype(str(shard), w) is torch.bfloat16  # integer tensors do not count
+    save_file({"b": torch.zeros(2, dtype=torch.float32)}, shard / "s2.safetensors")
+    assert stored_float_dtype(str(shard), w) is None  # mixed: let from_pretrained decide
+    (shard / "s2.safetensors").write_bytes(b"not safetensors")
+    assert stored_float_dtype(str(shard), w) is None
+
+
+def test_weights_read_in_their_stored_dtype_load_the_same_values(tiny_dir, tmp_path, monkeypatch):
+    """fp16 files read as fp16 and cast on the device give the networks that reading them in fp32 gave
+    (fp16 -> fp32 is exact; the LoRA merge still runs in fp32)."""
+    import threestudio.models.guidance.faceid_controlnet as fc
+
+    half = _half_copy(tiny_dir, tmp_path / "half")
+    cfg = tiny_guidance_cfg(half)
+    ours = FaceIDControlNetGuidance(cfg)
+    ours.load("cpu")
+    monkeypatch.setattr(fc, "stored_float_dtype", lambda *a: None)  # from_pretrained's own fp32 read
+    plain = FaceIDControlNetGuidance(cfg)
+    plain.load("cpu")
+    for name in ("unet", "vae", "controlnet", "image_encoder"):
+        a, b = getattr(ours, name).state_dict(), getattr(plain, name).state_dict()
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{name}.{k}"

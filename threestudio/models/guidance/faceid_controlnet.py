@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import threestudio
 from threestudio.models.face.identity import FaceIdentity
-from threestudio.models.guidance.hub import download_hint, is_available
+from threestudio.models.guidance.hub import download_hint, is_available, stored_float_dtype
 from threestudio.ops.norm import group_norm_channel_stats
 from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
 from threestudio.utils import handover
@@ -142,10 +142,16 @@ def fuse_adapter_lora(pipe) -> list[str]:
     """Merge every LoRA adapter loaded into ``pipe.unet`` (IP-Adapter FaceID's ``faceid_<i>``, at the
     weights ``load_ip_adapter`` set) into the base projections and remove the LoRA layers (diffusers'
     ``fuse_lora`` + ``unload_lora_weights``): ``W ← W + scaling · B @ A``, in the weights' dtype (call it
-    before casting float32 weights down). Returns the merged adapters' names ([] when none is loaded)."""
+    before casting float32 weights down), on a GPU with full float32 matmuls (no TF32, whatever
+    ``torch.set_float32_matmul_precision`` says). Returns the merged adapters' names ([] when none is loaded)."""
     names = list(getattr(pipe.unet, "peft_config", None) or {})
     if names:
-        pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=names)
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=names)
+        finally:
+            torch.set_float32_matmul_precision(precision)
         pipe.unload_lora_weights()
     return names
 
@@ -389,9 +395,10 @@ class FaceIDControlNetGuidance(BaseObject):
         self.device = torch.device(device)
         self.dtype = resolve_dtype(self.device, c.dtype)
         kw = {"local_files_only": c.local_files_only}
-        unet = UNet2DConditionModel.from_pretrained(c.pretrained_model_name_or_path, subfolder="unet", **kw)
-        vae = AutoencoderKL.from_pretrained(c.vae_name_or_path, **kw)
-        controlnet = ControlNetModel.from_pretrained(c.controlnet_name_or_path, **kw)
+        # fp32 for the LoRA merge (fuse_lora); the others straight in the network dtype
+        unet = self._pretrained(UNet2DConditionModel, c.pretrained_model_name_or_path, torch.float32, "unet")
+        vae = self._pretrained(AutoencoderKL, c.vae_name_or_path, self.dtype)
+        controlnet = self._pretrained(ControlNetModel, c.controlnet_name_or_path, self.dtype)
         self.scheduler = DDIMScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,
@@ -515,15 +522,29 @@ class FaceIDControlNetGuidance(BaseObject):
         for m in (self.unet, self.vae, self.controlnet):
             m.to(memory_format=self._layout)
 
+    def _pretrained(self, cls, name_or_path: str, dtype: torch.dtype, subfolder: str = ""):
+        """``cls.from_pretrained`` (a diffusers model, or a transformers one for ``model.safetensors``) on
+        the guidance device in ``dtype``: read in the dtype its weights are stored in
+        (:func:`~threestudio.models.guidance.hub.stored_float_dtype`), copied to the device as stored and
+        cast there. The same values as reading them in fp32 on the host and casting (fp16 and bf16 are
+        exact in fp32), without the host-side casts of 1-2 billion parameters that ``from_pretrained``
+        and a cross-device ``to(device, dtype)`` would do (PyTorch converts a host-to-GPU copy on the host)."""
+        diffusers = cls.__module__.startswith("diffusers")
+        weights = "diffusion_pytorch_model.safetensors" if diffusers else "model.safetensors"
+        kw = {"local_files_only": self.cfg.local_files_only}
+        if subfolder:
+            kw["subfolder"] = subfolder
+        stored = stored_float_dtype(name_or_path, weights, subfolder)
+        if stored is not None:
+            kw["torch_dtype" if diffusers else "dtype"] = stored
+        return cls.from_pretrained(name_or_path, **kw).to(self.device).to(dtype)
+
     def _load_image_encoder(self) -> None:
         """The CLIP ViT-H image encoder of IP-Adapter FaceID-Plus-v2, frozen, on the guidance device."""
         from transformers import CLIPVisionModelWithProjection
 
-        c = self.cfg
-        enc = CLIPVisionModelWithProjection.from_pretrained(
-            c.image_encoder_name_or_path, local_files_only=c.local_files_only
-        )
-        self.image_encoder = enc.to(self.device, self.dtype).eval().requires_grad_(False)
+        enc = self._pretrained(CLIPVisionModelWithProjection, self.cfg.image_encoder_name_or_path, self.dtype)
+        self.image_encoder = enc.eval().requires_grad_(False)
 
     def free_image_encoder(self) -> None:
         """Drop the CLIP ViT-H image encoder (about 1.3 GB in bf16) once the identity branches are
