@@ -141,10 +141,13 @@ class RefineSystem(BaseSystem):
         for i in range(c.n_views):
             writer.submit(save_image, self.save_path("views", f"render_{i:03d}.png"), rgb[i])
             writer.submit(save_image, self.save_path("views", f"pose_{i:03d}.png"), pose[i])
-        refined = refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget)
+
+        def write_refined(views: list[int], images: torch.Tensor) -> None:  # while the next batch refines
+            for i, img in zip(views, images, strict=True):
+                writer.submit(save_image, self.save_path("views", f"refined_{i:03d}.png"), img)
+
+        refiner.refine(rgb, pose, text["pos"], text["neg"], chunk=c.tier_chunk, budget=budget, on_refined=write_refined)
         clock.lap("refine")
-        for i in range(c.n_views):
-            writer.submit(save_image, self.save_path("views", f"refined_{i:03d}.png"), refined[i])
         writer.wait()
         clock.lap("write")
         records = view_records(cams, [alpha_bbox(a) for a in alpha], text["prompts"])

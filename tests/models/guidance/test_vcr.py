@@ -69,7 +69,12 @@ def test_tier_batching_equals_sequential(tiny_dir):
     tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
     batched = r.refine(rgb, pose, tc, tu)
     seq = r.refine(rgb, pose, tc, tu, sequential=True)
-    chunked = r.refine(rgb, pose, tc, tu, chunk=3)
+    seen = {}
+    chunked = r.refine(
+        rgb, pose, tc, tu, chunk=3, on_refined=lambda v, im: seen.update(zip(v, im.clone(), strict=True))
+    )
+    assert sorted(seen) == list(range(n))  # every view handed out once its batch was done
+    assert all(torch.equal(seen[i], chunked[i]) for i in range(n))
     assert batched.shape == (n, 32, 32, 3)
     np.testing.assert_allclose(batched, seq, atol=1e-4)
     np.testing.assert_allclose(batched, chunked, atol=1e-4)

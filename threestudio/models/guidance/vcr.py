@@ -9,6 +9,7 @@ sees text tokens only; VAE posterior mean (deterministic) instead of a sample.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -173,6 +174,7 @@ class VCRRefiner:
         chunk: int = 0,
         sequential: bool = False,
         budget: MemoryBudget | None = None,
+        on_refined: Callable[[list[int], Tensor], None] | None = None,
     ) -> Float[Tensor, "n H W 3"]:
         """Refine n ring views (method §7.2-7.4).
 
@@ -184,6 +186,8 @@ class VCRRefiner:
                 each tier's first batch is one view), or the whole tier without a limited budget.
             sequential: one view at a time in the reference order (for tests/benchmarks).
             budget: GPU memory budget that sizes the batches (None or CPU: unlimited).
+            on_refined: called with each batch's views and their refined images [k, H, W, 3] (on the
+                CPU) as soon as they are done, e.g. to write them while the next batch is refined.
 
         Returns:
             refined images [n, H, W, 3] in [0, 1] (float32, on the CPU).
@@ -213,6 +217,8 @@ class VCRRefiner:
                     before = budget.allocated() if budget is not None else 0
                     with sizer.track(len(grp)):
                         out[grp] = self._denoise(grp, z0, noise, pose, text_cond, text_uncond).cpu()
+                    if on_refined is not None:
+                        on_refined(grp, out[grp])
                     if not between:
                         stored += len(grp)
                         if budget is not None and budget.limited:
