@@ -9,17 +9,7 @@ from pathlib import Path
 def is_available(name_or_path: str, marker: str) -> bool:
     """True if ``marker`` (a file inside the model) exists in the local folder ``name_or_path`` or in
     the Hugging Face cache for the hub id ``name_or_path``. Never touches the network."""
-    p = Path(os.path.expanduser(name_or_path))
-    if p.exists():
-        return (p / marker).is_file()
-    if name_or_path.startswith((".", "/", "~")):
-        return False
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return False
-    res = try_to_load_from_cache(repo_id=name_or_path, filename=marker)
-    return isinstance(res, str) and os.path.isfile(res)
+    return _local_file(name_or_path, marker) is not None
 
 
 def download_hint(name_or_path: str, include: str = "") -> str:
@@ -35,7 +25,8 @@ _SAFETENSORS_FLOATS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "
 
 
 def _local_file(name_or_path: str, relpath: str) -> Path | None:
-    """``relpath`` inside the local folder ``name_or_path`` or in the Hugging Face cache of that hub id."""
+    """``relpath`` inside the local folder ``name_or_path`` or in the Hugging Face cache of that hub id
+    (None if it is in neither; never touches the network)."""
     p = Path(os.path.expanduser(name_or_path))
     if p.exists():
         f = p / relpath
