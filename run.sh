@@ -73,6 +73,11 @@ stage() {  # stage N config [args...]
   mapfile -t c < <(cfgs "$name")
   chain+=(--then "${c[@]}" --banner "== stage $n/3: $name -> $run_dir/stage$n" --train "trial_dir=$run_dir/stage$n" "$@")
 }
+if [[ $from -le 1 ]]; then  # stage 2's overrides of stage 1's guidance and prompts, before stage 1 runs
+  mapfile -t c < <(cfgs refine)
+  mapfile -t o2 < <(for_stage 2 "$@")
+  chain+=(--then "${c[@]}" --check "system.init_from=$run_dir/stage1" "${o2[@]}")
+fi
 if [[ $from -le 2 ]]; then  # stage 3's model files (LPIPS-VGG) are checked before hours of stages 1-2
   mapfile -t c < <(cfgs reconstruct)
   mapfile -t o3 < <(for_stage 3 "$@")

@@ -145,6 +145,7 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
     (["  ", "{face}"], "prompt is empty"),
     (["A man", "{face}", "s4:trainer.max_steps=3"], "stage prefix"),
     (["A man", "{face}", "s3:system.lpips.vgg_path=/nonexistent/vgg16.pth"], "LPIPS backbone"),
+    (["A man", "{face}", "s2:system.guidance.dtyp=bf16"], "Did you mean: 'dtype'"),  # before stage 1 runs
     (["--gpus", "0", "A man", "{face}"], "--gpus needs a number"),
     (["--gpus", "3", "A man", "{face}"], "data.batch_size=2 views per step cannot be split evenly over 3 processes"),
 ])  # fmt: skip

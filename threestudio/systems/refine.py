@@ -19,6 +19,7 @@ from threestudio.ops.losses import alpha_bbox
 from threestudio.ops.openpose import skeleton_images
 from threestudio.ops.vcr import view_roles
 from threestudio.systems.base import BaseSystem
+from threestudio.utils.config import parse_structured
 from threestudio.utils.errors import MissingModelError
 from threestudio.utils.gpu import PhaseClock
 from threestudio.utils.io import BackgroundWriter, save_image
@@ -76,6 +77,9 @@ class RefineSystem(BaseSystem):
     def preflight(cls, cfg: dict | DictConfig, mode: str):
         c = super().preflight(cfg, mode)
         view_roles(c.n_views)
+        if mode == "check":  # this stage's overrides of stage 1's plugin configs, before stage 1 has run
+            for key, kind in (("guidance", c.guidance_type), ("prompt_processor", c.prompt_processor_type)):
+                parse_structured(threestudio.find(kind).Config, c[key], f"system.{key}", allow_missing=True)
         if mode != "train":
             return c
         s1 = read_stage(c.init_from, "ahds", ("avatar",))
