@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from threestudio.models.guidance.vcr import VCRAttnProcessor, VCRContext
@@ -168,3 +169,55 @@ def test_handover_keeps_an_object_for_one_launch_only():
     finally:
         handover.clear()
     assert handover.keys() == []
+
+
+@pytest.mark.gpu
+def test_compiled_stage_1_guidance_handed_over_on_cuda_refines_as_a_fresh_one(tiny_dir, tmp_path, monkeypatch):
+    """On CUDA: a stage-1 guidance that compiled its VAE encoder and noise prediction and captured CUDA
+    graphs in an SDS step is handed over; stage 2's refinement with it equals, to the bit, the one with
+    networks loaded from the files (both eager), and stage 1's compiled forms are gone."""
+    from tests.conftest import face, tiny_guidance_cfg
+    from threestudio.models.guidance.faceid_controlnet import ChannelStatsGroupNorm, FaceIDControlNetGuidance
+    from threestudio.models.guidance.vcr import VCRRefiner
+    from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
+    from threestudio.utils import handover
+    from threestudio.utils.aot import DiskCompiledModule
+
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    s2cfg = {**tiny_guidance_cfg(tiny_dir), "compile_denoiser": False, "compile_vae_encoder": False}
+    n, gen = 8, torch.Generator().manual_seed(0)
+    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
+    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
+
+    def refined(g):
+        g.prepare_identity(str(face()))
+        g.free_image_encoder()
+        return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5).refine(rgb, pose, tc, tu)
+
+    fresh = FaceIDControlNetGuidance(s2cfg)
+    fresh.load("cuda")
+    expected = refined(fresh)
+    del fresh
+    s1 = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "n_steps": 30})
+    s1.load("cuda")
+    s1.prepare_identity(str(face()))
+    s1.free_image_encoder()
+    pp = ViewPromptProcessor({"prompt": "A man", "pretrained_model_name_or_path": str(tiny_dir / "rv")})
+    pp.prepare("cuda")
+    e = pp(torch.tensor([90.0, 30.0]), "body", torch.tensor([True, False]))
+    x = torch.rand(2, 64, 64, 3, device="cuda", requires_grad=True)
+    for step in (0, 1, 2):  # compiles, then captures a CUDA graph
+        out = s1(x, torch.rand(2, 32, 32, 3, device="cuda"), e["pos"].cuda(), e["neg"].cuda(), e["null"].cuda(), step)
+        out["loss_sds"].backward()
+    assert isinstance(s1.vae.encoder, DiskCompiledModule) and s1._graphs
+    unet = s1.unet
+    try:
+        s1.hand_over()
+        s2 = FaceIDControlNetGuidance(s2cfg)
+        s2.load("cuda")
+        assert s2.reused and s2.unet is unet and not s2._graphs
+        assert not isinstance(s2.vae.encoder, DiskCompiledModule)
+        assert not any(isinstance(m, ChannelStatsGroupNorm) for m in s2.vae.modules())
+        torch.testing.assert_close(refined(s2), expected, rtol=0, atol=0)
+    finally:
+        handover.clear()
