@@ -94,8 +94,9 @@ CHAIN = "--then"
 
 def main(argv=None) -> int:
     """Run one launch, or several separated by ``--then`` one after another in this process (run.sh's
-    stages: one Python start-up and one CUDA context instead of one per launch). The chain stops at the
-    first launch that fails and returns its exit status; GPU memory is released between launches."""
+    stages: one Python start-up and one CUDA context instead of one per launch, and stage 2 refines with
+    the networks stage 1 loaded: :mod:`threestudio.utils.handover`). The chain stops at the first launch
+    that fails and returns its exit status; GPU memory is released between launches."""
     from threestudio.utils import handover
 
     argv = list(sys.argv[1:] if argv is None else argv)
