@@ -88,6 +88,20 @@ def test_tier_batching_equals_sequential(tiny_dir):
     assert (out2[13] - batched[13]).abs().max() > 1e-4
 
 
+def _refined_ring(g):
+    """Stage 2's refinement of a fixed random 8-view ring with ``g`` (the identity of ``face()``, the
+    image encoder freed as the refine system does; stage 2's IP-Adapter scales)."""
+    from tests.conftest import face
+    from threestudio.models.guidance.vcr import VCRRefiner
+
+    n, gen = 8, torch.Generator().manual_seed(0)
+    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
+    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
+    g.prepare_identity(str(face()))
+    g.free_image_encoder()
+    return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5).refine(rgb, pose, tc, tu)
+
+
 def test_stage_1_networks_handed_over_to_stage_2_refine_as_freshly_loaded_ones(tiny_dir, tmp_path):
     """run.sh's stage 2 takes the networks stage 1 left (``hand_over``), back in their eager form, and
     refines exactly as with networks loaded from the files; other models are never taken."""
@@ -98,22 +112,12 @@ def test_stage_1_networks_handed_over_to_stage_2_refine_as_freshly_loaded_ones(t
         noise_prediction,
         use_channel_stats_group_norm,
     )
-    from threestudio.models.guidance.vcr import VCRRefiner
     from threestudio.utils import handover
     from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
 
-    n, gen = 8, torch.Generator().manual_seed(0)
-    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
-    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
-
-    def refined(g):
-        g.prepare_identity(str(face()))
-        g.free_image_encoder()
-        return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5).refine(rgb, pose, tc, tu)
-
     fresh = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
     fresh.load("cpu")
-    expected = refined(fresh)
+    expected = _refined_ring(fresh)
 
     s1cfg = {**tiny_guidance_cfg(tiny_dir), "n_steps": 30}
     s1 = FaceIDControlNetGuidance(s1cfg)
@@ -134,7 +138,7 @@ def test_stage_1_networks_handed_over_to_stage_2_refine_as_freshly_loaded_ones(t
         assert s2._denoise is noise_prediction and not isinstance(s2.vae.encoder, DiskCompiledModule)
         assert not any(isinstance(m, ChannelStatsGroupNorm) for m in s2.vae.modules())
         assert s2.image_encoder is None  # the same face: stage 1's branches, no image encoder needed
-        torch.testing.assert_close(refined(s2), expected, rtol=0, atol=0)
+        torch.testing.assert_close(_refined_ring(s2), expected, rtol=0, atol=0)
         # another model (or device) is loaded from its files; what was left is dropped
         s2.hand_over()
         other = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "controlnet_scale": 0.5})
@@ -178,25 +182,15 @@ def test_compiled_stage_1_guidance_handed_over_on_cuda_refines_as_a_fresh_one(ti
     networks loaded from the files (both eager), and stage 1's compiled forms are gone."""
     from tests.conftest import face, tiny_guidance_cfg
     from threestudio.models.guidance.faceid_controlnet import ChannelStatsGroupNorm, FaceIDControlNetGuidance
-    from threestudio.models.guidance.vcr import VCRRefiner
     from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
     from threestudio.utils import handover
     from threestudio.utils.aot import DiskCompiledModule
 
     monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
     s2cfg = {**tiny_guidance_cfg(tiny_dir), "compile_denoiser": False, "compile_vae_encoder": False}
-    n, gen = 8, torch.Generator().manual_seed(0)
-    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
-    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
-
-    def refined(g):
-        g.prepare_identity(str(face()))
-        g.free_image_encoder()
-        return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5).refine(rgb, pose, tc, tu)
-
     fresh = FaceIDControlNetGuidance(s2cfg)
     fresh.load("cuda")
-    expected = refined(fresh)
+    expected = _refined_ring(fresh)
     del fresh
     s1 = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "n_steps": 30})
     s1.load("cuda")
@@ -218,6 +212,6 @@ def test_compiled_stage_1_guidance_handed_over_on_cuda_refines_as_a_fresh_one(ti
         assert s2.reused and s2.unet is unet and not s2._graphs
         assert not isinstance(s2.vae.encoder, DiskCompiledModule)
         assert not any(isinstance(m, ChannelStatsGroupNorm) for m in s2.vae.modules())
-        torch.testing.assert_close(refined(s2), expected, rtol=0, atol=0)
+        torch.testing.assert_close(_refined_ring(s2), expected, rtol=0, atol=0)
     finally:
         handover.clear()

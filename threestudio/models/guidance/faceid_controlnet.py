@@ -474,8 +474,7 @@ class FaceIDControlNetGuidance(BaseObject):
                 {"force_layout_optimization": True} if dynamic else None,
                 dynamic_batch=NOISE_PREDICTION_DYNAMIC_ROWS if dynamic else (),
             )
-        self._graphs: dict = {}
-        self._graph_pool = None
+        self._forget_graphs()
 
     # ------------------------------------------------------------------ handing over to the next stage
     def hand_over(self) -> None:
