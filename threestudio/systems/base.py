@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 import threestudio
 from threestudio.data.handoff import write_manifest
 from threestudio.models.appearance.specular import FILE_SUFFIX as SPECULAR_SUFFIX
-from threestudio.models.geometry.strategy import DensifyPolicy, DensifyStrategy
+from threestudio.models.geometry.strategy import DensifyPolicy, DensifyStrategy, gaussian_adam
 from threestudio.models.renderers.base import render_avatar, resolve_renderer_type
 from threestudio.utils.config import check_plugin_config, parse_structured
 from threestudio.utils.distributed import all_reduce_max, average_gradients, replica_checksums
@@ -316,7 +316,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         groups = self.geometry.param_groups()
         if self.appearance is not None:
             groups += self.appearance.param_groups()
-        return torch.optim.Adam(groups, lr=0.0, eps=1e-15)
+        return gaussian_adam(groups)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         if self._trainer is not None and self.trainer.training:

@@ -103,3 +103,39 @@ def test_statistics_match_the_masked_update_of_the_reference():
     torch.testing.assert_close(s.grad_accum, acc, rtol=0, atol=0)
     torch.testing.assert_close(s.denom, den, rtol=0, atol=0)
     torch.testing.assert_close(s.max_radii, rad, rtol=0, atol=0)
+
+
+def test_fused_adam_trains_the_gaussians_as_the_default_adam_through_a_densify_event():
+    """gaussian_adam's fused kernel (chosen on CUDA; PyTorch has it on the CPU too) gives the same
+    parameters as PyTorch's default Adam over steps with per-group learning rates, a position learning
+    rate changed between steps, and a clone/split/prune event that edits the optimiser state."""
+    from threestudio.models.geometry.strategy import gaussian_adam
+
+    models = [random_model(60), random_model(60)]
+    with torch.no_grad():
+        models[0].log_scales[:30] = torch.log(torch.tensor(0.01))  # small -> cloned
+        models[0].log_scales[30:] = torch.log(torch.tensor(0.1))  # large -> split
+        models[0].opacity_logit[:] = 3.0
+        models[0].opacity_logit[:5] = -6.0  # transparent -> pruned
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [gaussian_adam(models[0].param_groups(), fused=False), gaussian_adam(models[1].param_groups(), fused=True)]
+    assert not opts[0].defaults["fused"] and opts[1].defaults["fused"]
+    policy = {"densify_steps": [3], "prune_steps": [5], "grad_threshold": 1e-4, "stats_until": 4}
+    strategies = [DensifyStrategy(policy), DensifyStrategy(policy)]
+    gen = torch.Generator().manual_seed(0)
+    events = [[], []]
+    for step in range(7):
+        n = models[0].num_points
+        grads = {name: torch.randn(getattr(models[0], name).shape, generator=gen) for name in models[0].param_names}
+        screen = torch.rand(2, n, 2, generator=gen)
+        for m, opt, s in zip(models, opts, strategies, strict=True):
+            for name in m.param_names:
+                getattr(m, name).grad = grads[name].clone()
+            opt.param_groups[0]["lr"] = 1e-3 / (step + 1)
+            s.accumulate(step, screen, torch.ones(2, n, dtype=torch.long), 64, 64)
+            opt.step()
+            events[m is models[1]].append(s.step(step + 1, m, opt))
+    assert events[0] == events[1] and events[0][2]["grown_to"] > 60 and events[0][4]["pruned"] > 0
+    for name in models[0].param_names:
+        a, b = getattr(models[0], name), getattr(models[1], name)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -157,6 +157,24 @@ class DensifyStrategy:
         return info
 
 
+def gaussian_adam(groups: list[dict], fused: bool | None = None) -> torch.optim.Adam:
+    """Adam (Kingma & Ba 2015) over the Gaussian parameter groups, as 3DGS trains them: ``lr`` per
+    group (the groups carry it; 0 as the default), ``eps`` 1e-15, the betas at PyTorch's (0.9, 0.999).
+
+    ``fused`` None = PyTorch's fused kernel when every parameter is on CUDA (one kernel per group and
+    step instead of a dozen elementwise passes of the multi-tensor implementation; the same update
+    rule, equal up to float rounding: ``tests/models/geometry/test_strategy.py``), otherwise PyTorch's
+    default implementation. Densify events edit its state as that of any Adam (:func:`_edit`).
+
+    Raises:
+        RuntimeError: (PyTorch's) ``fused`` is True and a parameter is on a device without a fused Adam.
+    """
+    params = [p for g in groups for p in g["params"]]
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.Adam(groups, lr=0.0, eps=1e-15, fused=fused or None)
+
+
 def _edit(model: GaussianModel, optimizer, keep: torch.Tensor, new: dict | None) -> None:
     """Keep ``keep``-masked Gaussians, append ``new`` ones; carry Adam moments (zeros for new)."""
     by_param = {}
