@@ -96,8 +96,11 @@ def main(argv=None) -> int:
     """Run one launch, or several separated by ``--then`` one after another in this process (run.sh's
     stages: one Python start-up and one CUDA context instead of one per launch, and stage 2 refines with
     the networks stage 1 loaded: :mod:`threestudio.utils.handover`). The chain stops at the first launch
-    that fails and returns its exit status; GPU memory is released between launches."""
+    that fails and returns its exit status; GPU memory is released between launches. Writes a launch
+    leaves to the end (:func:`~threestudio.utils.io.after_launches`: the turntable videos, encoded while
+    the next launch runs) are finished before this returns, also after a failed launch."""
     from threestudio.utils import handover
+    from threestudio.utils.io import finishing_after_launches
 
     argv = list(sys.argv[1:] if argv is None else argv)
     segments, cur = [], []
@@ -109,13 +112,14 @@ def main(argv=None) -> int:
             cur.append(a)
     segments.append(cur)
     try:
-        for i, seg in enumerate(segments):
-            rc = _main_one(seg, chained=len(segments) > 1)
-            if rc:
-                return rc
-            if i + 1 < len(segments) and not parse_args(seg).check:  # a check loads nothing onto any device
-                handover.expire()  # what the launch before this one left and no one took goes
-                release_gpu_memory()  # (releasing costs 2.4 s on the H200 machine even when nothing is held)
+        with finishing_after_launches():  # e.g. a stage's turntable video, encoded while the next stage runs
+            for i, seg in enumerate(segments):
+                rc = _main_one(seg, chained=len(segments) > 1)
+                if rc:
+                    return rc
+                if i + 1 < len(segments) and not parse_args(seg).check:  # a check loads nothing onto any device
+                    handover.expire()  # what the launch before this one left and no one took goes
+                    release_gpu_memory()  # (releasing costs 2.4 s on the H200 machine even when nothing is held)
         return 0
     finally:
         handover.clear()  # nothing outlives this call (a later launch in this process starts afresh)

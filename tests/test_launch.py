@@ -215,7 +215,12 @@ def test_missing_lpips_weights_stop_stage_3_before_anything_is_written(tmp_path,
 
 def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, tmp_path, capsys, monkeypatch):
     releases = []
-    monkeypatch.setattr(launch, "release_gpu_memory", lambda: releases.append(1))
+
+    def release():  # what the first stage's manifest says of its turntable when the next launch starts
+        (trial,) = trials(tmp_path / "a")
+        releases.append(json.loads((trial / "manifest.json").read_text()).get("turntable", "not yet"))
+
+    monkeypatch.setattr(launch, "release_gpu_memory", release)
     check = ["--config", REPO / "configs/reconstruct.yaml", "--check", "system.init_from=later"]
     stage1 = ["--banner", "== first", *tiny_stage1_args(tmp_path / "a", steps=2)]
     # a failing check first: the chain stops with its status; the stage-1 launch after it never starts
@@ -228,16 +233,24 @@ def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, t
     rc, out, err = main([*check, "system.lambda_lpips=0", "--then", *stage1, "--then", *stage1b], capsys)
     assert rc == 0, err[-3000:]
     assert out.index("config and model files OK") < out.index("== first") < out.index("== second")
-    assert len(releases) == 1  # memory released between the two stage launches, not after the check
+    # memory released between the two stage launches, not after the check; the first stage's turntable
+    # video was still left to the end of the launches then (encoded while the second stage ran)
+    assert releases == ["not yet"]
     for root, steps in ((tmp_path / "a", 2), (tmp_path / "b", 3)):
         (trial,) = trials(root)
         man = json.loads((trial / "manifest.json").read_text())
         assert man["step"] == steps and man["step_ms"]["steps"] == steps and man["step_ms"]["median"] > 0
-    # a data-parallel launch needs its own process (Lightning starts its ranks from it): refused, nothing written
+        assert man["turntable"] == "save/turntable.mp4" and (trial / "save" / "turntable.mp4").stat().st_size > 0
+    # a data-parallel launch needs its own process (Lightning starts its ranks from it): refused, nothing
+    # written; the stage before it in the chain still gets its turntable video
     ddp = tiny_stage1_args(tmp_path / "c", steps=2) + ["trainer.devices=2", "data.batch_size=2"]
-    rc, _, err = main([*check, "system.lambda_lpips=0", "--then", *ddp], capsys)
+    stage1d = tiny_stage1_args(tmp_path / "d", steps=2)
+    rc, _, err = main([*stage1d, "--then", *ddp], capsys)
     assert rc == 2 and "a launch.py call of its own" in err and "Traceback" not in err
     assert not (tmp_path / "c").exists()
+    (trial,) = trials(tmp_path / "d")
+    assert json.loads((trial / "manifest.json").read_text())["turntable"] == "save/turntable.mp4"
+    assert (trial / "save" / "turntable.mp4").stat().st_size > 0
 
 
 def _config_fields(cls) -> list[str]:

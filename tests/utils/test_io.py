@@ -6,7 +6,16 @@ import pytest
 
 from tests.conftest import planted_array
 from threestudio.utils.errors import UserError
-from threestudio.utils.io import BackgroundWriter, persist_compile_cache, quantize_uint8, read_npz, save_image, to_uint8
+from threestudio.utils.io import (
+    BackgroundWriter,
+    after_launches,
+    finishing_after_launches,
+    persist_compile_cache,
+    quantize_uint8,
+    read_npz,
+    save_image,
+    to_uint8,
+)
 
 
 def test_a_file_that_is_not_an_npz_is_named_as_such_not_as_a_pickle(tmp_path):
@@ -62,6 +71,44 @@ def test_background_writer_keeps_order_and_reports_a_failed_write():
         w.wait()
     assert out[-1] == 5  # the writes after a failed one still ran
     w.wait()  # and the error is reported once
+
+
+def test_work_left_to_the_end_of_the_launches_runs_in_order_even_after_errors():
+    done = []
+    assert not after_launches(lambda: done.append("outside"))  # no block: nothing queued, the caller runs it
+    assert done == []
+
+    def fail(msg):
+        done.append(msg)
+        raise OSError(msg)
+
+    with pytest.raises(OSError, match="first"):  # all queued work runs, then the first error is raised
+        with finishing_after_launches():
+            assert after_launches(lambda: done.append("a"))
+            after_launches(lambda: fail("first"))
+            after_launches(lambda: fail("second"))
+            after_launches(lambda: done.append("b"))
+            assert done == []  # nothing before the block ends
+    assert done == ["a", "first", "second", "b"]
+    done.clear()
+    with pytest.raises(KeyError):  # an error of the block itself wins; the queued work still ran
+        with finishing_after_launches():
+            after_launches(lambda: fail("queued"))
+            raise KeyError("launch")
+    assert done == ["queued"]
+    assert not after_launches(lambda: None)  # the block is over
+
+
+def test_a_detached_write_is_not_waited_for_by_the_writer():
+    import threading
+
+    w, gate, order = BackgroundWriter(), threading.Event(), []
+    fut = w.submit_detached(lambda: (gate.wait(10), order.append("detached")))
+    w.wait()  # returns although the detached write is still blocked
+    assert not fut.done() and order == []
+    gate.set()
+    fut.result(timeout=10)
+    assert order == ["detached"]
 
 
 def test_background_writer_with_several_workers_writes_every_file_concurrently(tmp_path):

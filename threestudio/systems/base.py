@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from threestudio.utils.config import check_plugin_config, parse_structured
 from threestudio.utils.distributed import all_reduce_max, average_gradients, replica_checksums
 from threestudio.utils.errors import ConfigError
 from threestudio.utils.gpu import MemoryBudget, to_device_async
-from threestudio.utils.io import BackgroundWriter, quantize_uint8, save_image, save_video
+from threestudio.utils.io import BackgroundWriter, after_launches, quantize_uint8, save_image, save_video
 
 
 class BaseSystem:
@@ -171,7 +172,8 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._test_frames: list = []
         self._writer = BackgroundWriter(workers=2)
         """Validation grids, the avatar PLY and the turntable video are written on worker threads while
-        training, the test renders or the other file go on (:meth:`finish_writes` waits for them)."""
+        training, the test renders or the other file go on (:meth:`finish_writes` waits for all but the
+        video, :meth:`_finish_turntable` for the video)."""
         self.replica_checks: list[dict] = []
         """Data-parallel runs: the replicas' parameter checksums at each densify event (manifest ``replicas``)."""
         self.timings: dict[str, float] = {}
@@ -185,8 +187,10 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._queued: tuple | None = None
         """(step, Gaussian count) of an avatar PLY queued on the writer and not yet waited for."""
         self._pending_manifest: dict = {}
-        """Manifest entries of queued files (avatar, turntable), written by :meth:`finish_writes` once
-        the files are there."""
+        """Manifest entries of queued files (the avatar), written by :meth:`finish_writes` once the files
+        are there."""
+        self._turntable = None
+        """The turntable video's encoding (a Future) until :meth:`_finish_turntable` takes it."""
 
     def report(self, msg: str) -> None:
         self.print(msg) if self._trainer is not None else print(msg)
@@ -374,8 +378,20 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     def on_test_end(self) -> None:
         self.finish_writes()
+        self._finish_turntable()
         self._tock("test")
         self._write_timings()
+
+    def _finish_turntable(self) -> None:
+        """Record ``save/turntable.mp4`` in the manifest once its encoding is done: at the end of the
+        launches when this stage runs in a chain (:func:`~threestudio.utils.io.after_launches`; the next
+        stage reads the avatar, not the video, so it starts while the video is encoded), else now."""
+        video, self._turntable = self._turntable, None
+        if video is None:
+            return
+        record = functools.partial(_record_when_written, video, self.trial_dir, turntable="save/turntable.mp4")
+        if not after_launches(record):
+            record()
 
     def _write_timings(self) -> None:
         extra = {"replicas": {"processes": self.processes, "checks": self.replica_checks}} if self.processes > 1 else {}
@@ -412,9 +428,10 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         frames = self._test_frames
-        if frames:  # rank 0 only (test_step); encoded while the avatar PLY is written (finish_writes)
-            self._writer.submit(save_video, self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps)
-            self._pending_manifest["turntable"] = "save/turntable.mp4"
+        if frames:  # rank 0 only (test_step); encoded while the avatar PLY is written (_finish_turntable)
+            self._turntable = self._writer.submit_detached(
+                save_video, self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps
+            )
         self._test_frames = []
         self.export()
 
@@ -450,11 +467,19 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         )
 
     def finish_writes(self) -> None:
-        """Wait for every queued file (validation grids, avatar PLY, turntable video), re-raising the
-        first write error, then record the written files in the manifest."""
+        """Wait for every queued file (validation grids, avatar PLY; not the turntable video, see
+        :meth:`_finish_turntable`), re-raising the first write error, then record the written files in
+        the manifest."""
         self._writer.wait()
         if self._queued is not None:
             self._exported, self._queued = self._queued, None
         if self._pending_manifest and self.is_writer:
             self.write_manifest(**self._pending_manifest)
         self._pending_manifest = {}
+
+
+def _record_when_written(future, trial_dir: Path, **entries) -> None:
+    """Wait for a detached write (re-raising its error), then merge ``entries`` into the manifest. It
+    holds the future and the paths only, not the system, so a finished stage's tensors can go."""
+    future.result()
+    write_manifest(trial_dir, **entries)

@@ -104,6 +104,12 @@ class BackgroundWriter:
         """Queue ``fn(*args, **kwargs)``; the arguments must not be changed by the caller afterwards."""
         self._pending.append(self._pool.submit(fn, *args, **kwargs))
 
+    def submit_detached(self, fn, *args, **kwargs):
+        """Queue ``fn(*args, **kwargs)`` as :meth:`submit` does, but leave it out of :meth:`wait`: the
+        caller waits for the returned ``concurrent.futures.Future`` itself (e.g. through
+        :func:`after_launches`)."""
+        return self._pool.submit(fn, *args, **kwargs)
+
     def wait(self) -> None:
         """Block until all queued writes are finished, then raise the first one's error, if any."""
         from concurrent.futures import wait
@@ -112,6 +118,45 @@ class BackgroundWriter:
         wait(pending)
         for f in pending:
             f.result()
+
+
+_after_launches: list | None = None
+"""Callables queued by :func:`after_launches` inside :func:`finishing_after_launches` (None outside)."""
+
+
+@contextlib.contextmanager
+def finishing_after_launches() -> Iterator[None]:
+    """A block of launches (``launch.py ... --then ...``): work that a launch hands to
+    :func:`after_launches` runs when the block ends, in order, even when a launch in it failed; the
+    first error is raised after all of it ran (an error of the block itself takes precedence). Used by
+    ``launch.main`` so that a stage's turntable video is encoded while the next stage runs."""
+    global _after_launches
+    outer, _after_launches = _after_launches, []
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        todo, _after_launches = _after_launches, outer
+        first = None
+        for fn in todo:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - every queued write gets its chance first
+                first = first or e
+        if first is not None and not failed:
+            raise first
+
+
+def after_launches(fn) -> bool:
+    """Queue ``fn()`` for the end of the enclosing :func:`finishing_after_launches` block and return
+    True; outside such a block, queue nothing and return False (the caller runs ``fn`` itself)."""
+    if _after_launches is None:
+        return False
+    _after_launches.append(fn)
+    return True
 
 
 def save_video(path: str | Path, frames: Sequence, fps: int = 30) -> None:
