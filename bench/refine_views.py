@@ -2,7 +2,10 @@
 32 ring views at 1024² (128² latents), 8 DDIM steps from t=142, CFG batch 2 per view, mutual
 attention + distance-guided fusion on the decoder self-attentions. Times our tier-batched
 refinement against the naive reference order (one view at a time, as the reference's 32 passes)
-and reports peak GPU memory of each.
+and reports peak GPU memory of each. ``--variants`` also times our refinement with speed-only settings of the
+eager networks (the same math): ``channels_last`` (UNet, ControlNet and VAE weights and inputs in
+channels-last layout) and ``cudnn_benchmark`` (cuDNN times its convolution algorithms for each new
+shape and keeps the fastest), each run ``--repeats`` times after one warm-up refinement of the default.
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15
     python bench/refine_views.py --models /tmp/sd15 --template anny.npz --out r.json
@@ -18,6 +21,24 @@ import torch
 from common import emit  # noqa: E402
 
 
+def _channels_last(g):
+    g.set_channels_last(True)
+    return lambda: g.set_channels_last(False)
+
+
+def _cudnn_benchmark(g):
+    torch.backends.cudnn.benchmark = True
+
+    def undo():
+        torch.backends.cudnn.benchmark = False
+
+    return undo
+
+
+VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark}
+"""Speed-only settings of the eager networks: each takes the guidance, applies itself, returns its undo."""
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", required=True)
@@ -26,6 +47,12 @@ def main():
     ap.add_argument("--res", type=int, default=1024)
     ap.add_argument("--chunk", type=int, default=0, help="max views per UNet batch within a tier (0 = whole tier)")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma list of speed-only settings to time as well: channels_last, cudnn_benchmark",
+    )
+    ap.add_argument("--repeats", type=int, default=2, help="refinements per variant (the first includes its set-up)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from threestudio.models.body.template import BodyTemplate
@@ -89,6 +116,28 @@ def main():
         res["max_abs_diff_batched_vs_sequential"] = float(d.max())
         res["speedup"] = res["reference_sequential"]["seconds"] / res["ours_tier_batched"]["seconds"]
     res.pop("ours_tier_batched_output", None)
+    variants = [v for v in a.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+    if variants:
+        timed = {"ours_default": lambda: None, **{f"ours_{v}": VARIANTS[v] for v in variants}}
+        r.refine(rgb, pose, tc, tu, chunk=a.chunk)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
+        for name, setup in timed.items():
+            undo = setup(g)
+            secs = []
+            for _ in range(a.repeats):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                out = r.refine(rgb, pose, tc, tu, chunk=a.chunk)
+                torch.cuda.synchronize()
+                secs.append(time.perf_counter() - t)
+            res.setdefault("variants", {})[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all())}
+            if undo is not None:
+                undo()
+        base = min(res["variants"]["ours_default"]["seconds"])
+        for v in res["variants"].values():
+            v["speedup_vs_default_best"] = base / min(v["seconds"])
     emit(res, a.out)
 
 
