@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from threestudio.utils.gpu import BatchSizer, MemoryBudget, is_out_of_memory, oom_message, resolve_dtype
+from threestudio.utils.gpu import BatchSizer, MemoryBudget, is_out_of_memory, oom_message, resolve_dtype, same_device
 
 GIB = 2**30
 
@@ -52,3 +52,12 @@ def test_oom_detection_and_message(tmp_path):
     assert not is_out_of_memory(ValueError("bad"))
     msg = oom_message("stage 2 (view-consistent refinement)", "lower X", tmp_path, 22.0)
     assert "stage 2" in msg and "22.0 GiB" in msg and "lower X" in msg and "no checkpoint" in msg
+
+
+def test_same_device_reads_a_bare_name_as_the_one_device_it_stands_for():
+    """``torch.device``'s ``==`` compares the index as written; ``same_device`` compares devices (the bare
+    ``cuda`` against ``cuda:N`` is the GPU test of the stage-1 -> stage-2 hand-over)."""
+    assert same_device("cpu", torch.device("cpu", 0)) and torch.device("cpu") != torch.device("cpu", 0)
+    assert same_device("cuda", "cuda") and same_device("cuda:1", torch.device("cuda", 1))
+    assert not same_device("cuda:0", "cuda:1")
+    assert not same_device("cpu", "cuda") and not same_device("cuda:0", "cpu")

@@ -33,6 +33,23 @@ def to_device_async(t: torch.Tensor, device: torch.device | str) -> torch.Tensor
     return t.to(device)
 
 
+def same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    """Whether ``a`` and ``b`` name the same device. A bare ``cuda`` is the current CUDA device
+    (``torch.cuda.current_device()``), so ``cuda`` and ``cuda:0`` are the same device when device 0 is
+    current (PyTorch's ``==`` compares the index as written: ``torch.device("cuda") != torch.device("cuda:0")``);
+    ``cpu`` and ``cpu:0`` are the one CPU device. Raises ``RuntimeError`` (from PyTorch) only when a bare
+    ``cuda`` is compared with an indexed one on a machine without CUDA."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type == "cpu":
+        return True
+    if a.type == "cuda" and None in (a.index, b.index):
+        here = torch.cuda.current_device()
+        return (here if a.index is None else a.index) == (here if b.index is None else b.index)
+    return False
+
+
 def resolve_dtype(device: torch.device | str, requested: str = "auto") -> torch.dtype:
     """Compute dtype of the frozen diffusion networks on ``device``.
 

@@ -179,7 +179,8 @@ def test_handover_keeps_an_object_for_one_launch_only():
 def test_compiled_stage_1_guidance_handed_over_on_cuda_refines_as_a_fresh_one(tiny_dir, tmp_path, monkeypatch):
     """On CUDA: a stage-1 guidance that compiled its VAE encoder and noise prediction and captured CUDA
     graphs in an SDS step is handed over; stage 2's refinement with it equals, to the bit, the one with
-    networks loaded from the files (both eager), and stage 1's compiled forms are gone."""
+    networks loaded from the files (both eager), and stage 1's compiled forms are gone. Stage 1 loads on
+    ``cuda:0`` (Lightning's device) and stage 2 asks for ``cuda`` (RefineSystem's), as in run.sh."""
     from tests.conftest import face, tiny_guidance_cfg
     from threestudio.models.guidance.faceid_controlnet import ChannelStatsGroupNorm, FaceIDControlNetGuidance
     from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
@@ -193,7 +194,7 @@ def test_compiled_stage_1_guidance_handed_over_on_cuda_refines_as_a_fresh_one(ti
     expected = _refined_ring(fresh)
     del fresh
     s1 = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "n_steps": 30})
-    s1.load("cuda")
+    s1.load(torch.device("cuda", torch.cuda.current_device()))
     s1.prepare_identity(str(face()))
     s1.free_image_encoder()
     pp = ViewPromptProcessor({"prompt": "A man", "pretrained_model_name_or_path": str(tiny_dir / "rv")})

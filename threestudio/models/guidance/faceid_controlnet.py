@@ -28,7 +28,7 @@ from threestudio.utils import handover
 from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
-from threestudio.utils.gpu import resolve_dtype, to_device_async
+from threestudio.utils.gpu import resolve_dtype, same_device, to_device_async
 from threestudio.utils.io import persist_compile_cache
 from threestudio.utils.typing import Float, Tensor
 
@@ -498,11 +498,13 @@ class FaceIDControlNetGuidance(BaseObject):
 
     def serves(self, cfg, device: torch.device | str) -> bool:
         """Whether these loaded networks are the ones a guidance of config ``cfg`` on ``device`` would
-        load: every option equal except those applied after loading (:data:`ADOPTABLE_OPTIONS`)."""
+        load: every option equal except those applied after loading (:data:`ADOPTABLE_OPTIONS`), on the same
+        device (:func:`~threestudio.utils.gpu.same_device`: Lightning's stage 1 runs on ``cuda:0``, stage 2
+        asks for ``cuda``)."""
         mine, theirs = _plain(self.cfg), _plain(cfg)
         for k in ADOPTABLE_OPTIONS:
             mine.pop(k, None), theirs.pop(k, None)
-        return self.loaded and mine == theirs and torch.device(device) == self.device
+        return self.loaded and mine == theirs and same_device(device, self.device)
 
     def _adopt(self, left: FaceIDControlNetGuidance) -> None:
         """Take over the networks of ``left`` (:meth:`hand_over`), with this config's layout, scales and compilation."""
