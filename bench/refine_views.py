@@ -74,6 +74,9 @@ def main():
             "ip_adapter_name_or_path": f"{m}/ip-adapter",
             "image_encoder_name_or_path": f"{m}/image_encoder",
             "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{m}/insightface"},
+            # eager, as stage 2 runs them (RefineSystem turns stage 1's compilation off)
+            "compile_denoiser": False,
+            "compile_vae_encoder": False,
         }
     )
     g.load(dev)
