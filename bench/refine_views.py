@@ -124,7 +124,7 @@ def main():
     if unknown:
         raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     if variants:
-        timed = {"ours_default": lambda: None, **{f"ours_{v}": VARIANTS[v] for v in variants}}
+        timed = {"ours_default": lambda g: None, **{f"ours_{v}": VARIANTS[v] for v in variants}}
         r.refine(rgb, pose, tc, tu, chunk=a.chunk)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
         for name, setup in timed.items():
             undo = setup(g)
