@@ -39,6 +39,39 @@ VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark
 """Speed-only settings of the eager networks: each takes the guidance, applies itself, returns its undo."""
 
 
+def time_variants(refiner, rgb, pose, text_cond, text_uncond, variants, repeats: int = 2, chunk: int = 0):
+    """Time ``refiner.refine`` (a :class:`VCRRefiner`) with the default settings and with each of
+    ``variants`` (names in :data:`VARIANTS`), ``repeats`` refinements each, after one untimed warm-up
+    refinement; each variant is undone before the next. Returns ``(timings, outputs)``: per name
+    ``{"seconds": [...], "finite": bool, "speedup_vs_default_best": float}`` and the last refined views
+    [n, H, W, 3] (to check that a speed-only setting refines as the default does)."""
+    g = refiner.guidance
+    cuda = g.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    timed = {"ours_default": lambda _: None, **{f"ours_{v}": VARIANTS[v] for v in variants}}
+    refiner.refine(rgb, pose, text_cond, text_uncond, chunk=chunk)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
+    timings, outputs = {}, {}
+    for name, setup in timed.items():
+        undo = setup(g)
+        secs = []
+        try:
+            for _ in range(repeats):
+                sync()
+                t = time.perf_counter()
+                out = refiner.refine(rgb, pose, text_cond, text_uncond, chunk=chunk)
+                sync()
+                secs.append(time.perf_counter() - t)
+        finally:
+            if undo is not None:
+                undo()
+        timings[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all())}
+        outputs[name] = out
+    base = min(timings["ours_default"]["seconds"])
+    for v in timings.values():
+        v["speedup_vs_default_best"] = base / min(v["seconds"])
+    return timings, outputs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", required=True)
@@ -124,23 +157,7 @@ def main():
     if unknown:
         raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     if variants:
-        timed = {"ours_default": lambda g: None, **{f"ours_{v}": VARIANTS[v] for v in variants}}
-        r.refine(rgb, pose, tc, tu, chunk=a.chunk)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
-        for name, setup in timed.items():
-            undo = setup(g)
-            secs = []
-            for _ in range(a.repeats):
-                torch.cuda.synchronize()
-                t = time.perf_counter()
-                out = r.refine(rgb, pose, tc, tu, chunk=a.chunk)
-                torch.cuda.synchronize()
-                secs.append(time.perf_counter() - t)
-            res.setdefault("variants", {})[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all())}
-            if undo is not None:
-                undo()
-        base = min(res["variants"]["ours_default"]["seconds"])
-        for v in res["variants"].values():
-            v["speedup_vs_default_best"] = base / min(v["seconds"])
+        res["variants"], _ = time_variants(r, rgb, pose, tc, tu, variants, a.repeats, a.chunk)
     emit(res, a.out)
 
 

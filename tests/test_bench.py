@@ -47,3 +47,34 @@ def test_stage1_step_run_warms_up_on_the_steps_just_before_the_timed_ones(tiny_d
     assert seen == [10, 11, 12]
     with pytest.raises(ValueError, match="at least 2"):
         bench.run(system, cfg, steps=1, start_step=10, warmup=1)
+
+
+def test_refine_views_variants_are_undone_and_refine_as_the_default(tiny_dir, monkeypatch):
+    """``bench/refine_views.py --variants``: each speed-only setting (channels-last layout, cuDNN's
+    algorithm search) is applied for its own timed refinements only, and refines the views as the
+    default does (the same math: equal up to float rounding on the tiny models)."""
+    import torch
+
+    from tests.conftest import face, tiny_guidance_cfg
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+    from threestudio.models.guidance.vcr import VCRRefiner
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import refine_views as bench
+
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
+    g.load("cpu")
+    g.prepare_identity(str(face()))
+    g.free_image_encoder()
+    n, gen = 8, torch.Generator().manual_seed(0)
+    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
+    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
+    r = VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5)
+    timings, outputs = bench.time_variants(r, rgb, pose, tc, tu, list(bench.VARIANTS), repeats=1)
+    assert list(timings) == ["ours_default", "ours_channels_last", "ours_cudnn_benchmark"]
+    assert all(len(t["seconds"]) == 1 and t["finite"] and t["speedup_vs_default_best"] > 0 for t in timings.values())
+    assert timings["ours_default"]["speedup_vs_default_best"] == 1.0
+    for name in ("ours_channels_last", "ours_cudnn_benchmark"):
+        torch.testing.assert_close(outputs[name], outputs["ours_default"], rtol=0, atol=1e-5)
+    # undone: contiguous weights again, cuDNN's search off
+    assert g.unet.conv_in.weight.is_contiguous() and not torch.backends.cudnn.benchmark
