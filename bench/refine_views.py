@@ -14,6 +14,7 @@ shape and keeps the fastest), each run ``--repeats`` times after one warm-up ref
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -21,49 +22,49 @@ import torch
 from common import emit  # noqa: E402
 
 
+@contextlib.contextmanager
 def _channels_last(g):
     g.set_channels_last(True)
-    return lambda: g.set_channels_last(False)
+    try:
+        yield
+    finally:
+        g.set_channels_last(False)
 
 
+@contextlib.contextmanager
 def _cudnn_benchmark(g):
-    torch.backends.cudnn.benchmark = True
-
-    def undo():
-        torch.backends.cudnn.benchmark = False
-
-    return undo
+    before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark}
-"""Speed-only settings of the eager networks: each takes the guidance, applies itself, returns its undo."""
+"""Speed-only settings of the eager networks: context managers that take the guidance and hold the setting."""
 
 
 def time_variants(refiner, rgb, pose, text_cond, text_uncond, variants, repeats: int = 2, chunk: int = 0):
     """Time ``refiner.refine`` (a :class:`VCRRefiner`) with the default settings and with each of
     ``variants`` (names in :data:`VARIANTS`), ``repeats`` refinements each, after one untimed warm-up
-    refinement; each variant is undone before the next. Returns ``(timings, outputs)``: per name
+    refinement; each setting holds for its own refinements only. Returns ``(timings, outputs)``: per name
     ``{"seconds": [...], "finite": bool, "speedup_vs_default_best": float}`` and the last refined views
     [n, H, W, 3] (to check that a speed-only setting refines as the default does)."""
     g = refiner.guidance
     cuda = g.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    timed = {"ours_default": lambda _: None, **{f"ours_{v}": VARIANTS[v] for v in variants}}
+    timed = {"ours_default": contextlib.nullcontext, **{f"ours_{v}": VARIANTS[v] for v in variants}}
     refiner.refine(rgb, pose, text_cond, text_uncond, chunk=chunk)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
     timings, outputs = {}, {}
-    for name, setup in timed.items():
-        undo = setup(g)
+    for name, setting in timed.items():
         secs = []
-        try:
+        with setting(g):
             for _ in range(repeats):
                 sync()
                 t = time.perf_counter()
                 out = refiner.refine(rgb, pose, text_cond, text_uncond, chunk=chunk)
                 sync()
                 secs.append(time.perf_counter() - t)
-        finally:
-            if undo is not None:
-                undo()
         timings[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all())}
         outputs[name] = out
     base = min(timings["ours_default"]["seconds"])
@@ -88,6 +89,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=2, help="refinements per variant (the first includes its set-up)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    variants = [v for v in a.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     from threestudio.models.body.template import BodyTemplate
     from threestudio.models.face.identity import FaceID
     from threestudio.models.geometry.gaussian_model import GaussianModel
@@ -152,10 +157,6 @@ def main():
         res["max_abs_diff_batched_vs_sequential"] = float(d.max())
         res["speedup"] = res["reference_sequential"]["seconds"] / res["ours_tier_batched"]["seconds"]
     res.pop("ours_tier_batched_output", None)
-    variants = [v for v in a.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     if variants:
         res["variants"], _ = time_variants(r, rgb, pose, tc, tu, variants, a.repeats, a.chunk)
     emit(res, a.out)

@@ -87,6 +87,20 @@ def tiny_guidance_cfg(tiny: Path, **kw) -> dict:
     return cfg
 
 
+def stage2_ring(g):
+    """Stage 2's refiner on a loaded guidance ``g`` and a fixed random 8-view ring at 32² (the identity
+    of ``face()``, the image encoder freed as the refine system does; stage 2's IP-Adapter scales).
+    Returns ``(refiner, (rgb, pose, text_cond, text_uncond))``: ``refiner.refine(*inputs)`` refines it."""
+    from threestudio.models.guidance.vcr import VCRRefiner
+
+    n, gen = 8, torch.Generator().manual_seed(0)
+    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
+    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
+    g.prepare_identity(str(face()))
+    g.free_image_encoder()
+    return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5), (rgb, pose, tc, tu)
+
+
 def tiny_stage1_args(root: Path, steps: int = 4, **extra) -> list[str]:
     """``launch.py`` arguments of a tiny stage-1 run into ``root``."""
     a = [

@@ -55,22 +55,16 @@ def test_refine_views_variants_are_undone_and_refine_as_the_default(tiny_dir, mo
     default does (the same math: equal up to float rounding on the tiny models)."""
     import torch
 
-    from tests.conftest import face, tiny_guidance_cfg
+    from tests.conftest import stage2_ring, tiny_guidance_cfg
     from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
-    from threestudio.models.guidance.vcr import VCRRefiner
 
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import refine_views as bench
 
     g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
     g.load("cpu")
-    g.prepare_identity(str(face()))
-    g.free_image_encoder()
-    n, gen = 8, torch.Generator().manual_seed(0)
-    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
-    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
-    r = VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5)
-    timings, outputs = bench.time_variants(r, rgb, pose, tc, tu, list(bench.VARIANTS), repeats=1)
+    r, inputs = stage2_ring(g)
+    timings, outputs = bench.time_variants(r, *inputs, list(bench.VARIANTS), repeats=1)
     assert list(timings) == ["ours_default", "ours_channels_last", "ours_cudnn_benchmark"]
     assert all(len(t["seconds"]) == 1 and t["finite"] and t["speedup_vs_default_best"] > 0 for t in timings.values())
     assert timings["ours_default"]["speedup_vs_default_best"] == 1.0

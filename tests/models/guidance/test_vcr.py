@@ -89,17 +89,11 @@ def test_tier_batching_equals_sequential(tiny_dir):
 
 
 def _refined_ring(g):
-    """Stage 2's refinement of a fixed random 8-view ring with ``g`` (the identity of ``face()``, the
-    image encoder freed as the refine system does; stage 2's IP-Adapter scales)."""
-    from tests.conftest import face
-    from threestudio.models.guidance.vcr import VCRRefiner
+    """Stage 2's refinement of the fixed 8-view ring of ``stage2_ring`` with ``g``."""
+    from tests.conftest import stage2_ring
 
-    n, gen = 8, torch.Generator().manual_seed(0)
-    rgb, pose = torch.rand(n, 32, 32, 3, generator=gen), torch.rand(n, 32, 32, 3, generator=gen)
-    tc, tu = torch.randn(n, 77, 64, generator=gen), torch.randn(n, 77, 64, generator=gen)
-    g.prepare_identity(str(face()))
-    g.free_image_encoder()
-    return VCRRefiner(g, ip_adapter_scale=0.6, ip_adapter_shortcut_scale=0.5).refine(rgb, pose, tc, tu)
+    refiner, inputs = stage2_ring(g)
+    return refiner.refine(*inputs)
 
 
 def test_stage_1_networks_handed_over_to_stage_2_refine_as_freshly_loaded_ones(tiny_dir, tmp_path):
