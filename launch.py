@@ -111,6 +111,8 @@ def main(argv=None) -> int:
         else:
             cur.append(a)
     segments.append(cur)
+    if any(_runs_a_stage(seg) for seg in segments):
+        freeze_imported_objects()
     try:
         with finishing_after_launches():  # e.g. a stage's turntable video, encoded while the next stage runs
             for i, seg in enumerate(segments):
@@ -123,6 +125,35 @@ def main(argv=None) -> int:
         return 0
     finally:
         handover.clear()  # nothing outlives this call (a later launch in this process starts afresh)
+
+
+def _runs_a_stage(argv) -> bool:
+    """Whether a launch's arguments train, validate, test or export (not only --check / --show-config;
+    arguments that do not parse count as not: the launch reports them in its turn)."""
+    try:
+        args = parse_args(argv)
+    except SystemExit:
+        return False
+    return not (args.check or args.show_config)
+
+
+def freeze_imported_objects() -> None:
+    """Import the libraries every stage uses (torch, Lightning, the plugins and through them diffusers
+    and transformers) and move the objects they made to the garbage collector's permanent generation
+    (``gc.freeze``), before any stage runs. Later full collections (:func:`release_gpu_memory` between
+    the launches of a chain, Python's automatic ones during training) then traverse only the objects
+    the stages made, not the hundreds of thousands of functions, classes and module dicts of the
+    imports (on a CPU machine 0.23 s per collection with them). Nothing a stage makes is frozen, so its
+    GPU tensors are still freed between launches."""
+    import gc
+
+    import pytorch_lightning  # noqa: F401
+    import torch  # noqa: F401
+
+    import threestudio
+
+    threestudio.import_plugins()
+    gc.freeze()
 
 
 def release_gpu_memory() -> None:

@@ -292,7 +292,8 @@ def test_show_config_of_a_stage_file_shows_its_values_and_the_plugins_options(st
 def test_a_finished_launch_leaves_no_stage_objects_alive(tiny_dir, tmp_path, capsys):
     """What a chain releases between launches (``release_gpu_memory``): the finished stage's system, its
     guidance (the diffusion networks, CUDA graphs, compiled functions) and its Lightning trainer are
-    garbage afterwards, so none of their GPU memory reaches the next stage."""
+    garbage afterwards, so none of their GPU memory reaches the next stage. The launch froze the
+    imported libraries' objects (``freeze_imported_objects``), not the stage's."""
     import gc
 
     import pytorch_lightning as pl
@@ -300,8 +301,10 @@ def test_a_finished_launch_leaves_no_stage_objects_alive(tiny_dir, tmp_path, cap
     from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
     from threestudio.systems.ahds import AHDSSystem
 
+    gc.unfreeze()
     rc, _, err = main(tiny_stage1_args(tmp_path, steps=2), capsys)
     assert rc == 0, err[-3000:]
+    assert gc.get_freeze_count() > 100_000  # torch, Lightning, diffusers, transformers, the plugins
     launch.release_gpu_memory()
     kinds = (AHDSSystem, FaceIDControlNetGuidance, pl.Trainer)  # by type(): weak proxies are not the objects
     alive = [type(o).__name__ for o in gc.get_objects() if issubclass(type(o), kinds)]
