@@ -7,7 +7,9 @@ The cap is the pipeline's own ``system.max_gpu_memory_gb`` (``torch.cuda.set_per
 inside each stage), so a 24 GB card is checked on a larger one. Recorded per stage: wall time (model
 loading included), peak memory reserved by the stage's allocator (from its manifest), peak device memory
 used while the stage ran (nvidia-smi, sampled every 0.5 s, includes the CUDA context), Gaussian counts.
-gsplat's one-time CUDA build is timed separately before the run (``--gsplat-build``).
+gsplat's one-time CUDA build is timed separately before the run (``--gsplat-build``). ``--profile DIR`` makes
+it a diagnostic run instead (``bench/profile_launch.py``: a phase timeline and torch.profiler windows, their
+summaries in the result; the profiler slows the run).
 
     python bench/full_pipeline.py --models /tmp/sd15 --tiny /tmp/tiny --template anny.npz \
         --face man.png --cap-gb 22 --out bench/results/full_pipeline_h200_cap22.json
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def gsplat_build_seconds() -> float:
@@ -94,6 +98,25 @@ def overrides(a) -> list[str]:
     return o + a.extra
 
 
+def profile_results(prof_dir: Path) -> dict:
+    """The timeline of a ``--profile`` run and a summary of each profiled window (written beside its trace
+    as ``<window>.summary.json``; per step for the training windows)."""
+    from profile_launch import WINDOWS, parse_windows
+    from profile_summary import load_events, summarize
+
+    steps, _ = parse_windows(os.environ.get("GIP_PROFILE_WINDOWS", WINDOWS))
+    events = prof_dir / "events.json"
+    out = {"note": "a profiled run: the profiler and its synchronisations slow it", "summaries": {}}
+    out["events"] = json.loads(events.read_text()) if events.is_file() else []
+    for trace in sorted(prof_dir.glob("*.trace.json.gz")):
+        name = trace.name[: -len(".trace.json.gz")]
+        n = steps.get(name.split("_steps")[0], (0, 1))[1] if "_steps" in name else 1
+        summary = summarize(load_events(trace), steps=n)
+        (prof_dir / f"{name}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        out["summaries"][name] = summary
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", required=True, help="folder of `python -m threestudio.tiny --size sd15 --out`")
@@ -104,6 +127,14 @@ def main():
     ap.add_argument("--cap-gb", type=float, default=0.0, help="system.max_gpu_memory_gb for every stage (0 = uncapped)")
     ap.add_argument("--run-dir", default=None, help="keep the run here (default: a temporary folder)")
     ap.add_argument("--gsplat-build", action="store_true", help="time gsplat's first use in a fresh process first")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="a diagnostic run: launch.py under bench/profile_launch.py (phase timeline, torch.profiler windows "
+        "of a few steps per stage, summarised by bench/profile_summary.py into the result); its times are "
+        "not the pipeline's",
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("extra", nargs="*", help="further run.sh overrides (e.g. s1:trainer.max_steps=50 for a smoke run)")
     a = ap.parse_args()
@@ -134,7 +165,12 @@ def main():
     cmd = ["bash", str(REPO / "run.sh"), "--run-dir", str(run_dir), a.prompt, str(a.face), *overrides(a)]
     t0 = time.perf_counter()
     marks = [(0, t0)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    env = dict(os.environ)
+    if a.profile:
+        prof_dir = Path(a.profile).resolve()
+        env.update(PYTHON=str(REPO / "bench" / "profile_python.sh"), PROFILE_PYTHON=sys.executable)
+        env["GIP_PROFILE_OUT"] = str(prof_dir)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
     log = []
     for line in proc.stdout:
         log.append(line)
@@ -166,6 +202,8 @@ def main():
     res["initial_gaussians"] = 100_000
     res["peak_device_used_gib"] = max((s["peak_device_used_gib"] for s in stages.values()), default=0.0)
     res["peak_reserved_gib"] = max((s["peak_reserved_gib"] or 0 for s in stages.values()), default=0.0)
+    if a.profile:
+        res["profile"] = profile_results(prof_dir)
     if rc != 0:
         res["log_tail"] = "".join(log[-40:])
     text = json.dumps(res, indent=2)

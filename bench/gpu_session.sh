@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one go (a CUDA machine with torch; other packages from requirements.txt +
 # gsplat, or as wheels in .whl/: besides the README's packages the full pipeline needs OpenCV 4 for the Haar
-# face cascades and lpips==0.1.4 for its LPIPS heads). Results (JSON, logs) go to $OUT (default bench_out/).
+# face cascades and lpips==0.1.4 for its LPIPS heads; the GPU tests need beartype). Results (JSON, logs) go to
+# $OUT (default bench_out/).
 #
 #   PARTS="tests step pipeline" bash bench/gpu_session.sh   # only these parts, in this script's order
 #
-# Parts: tests raster step sdpa animation reconstruction refine specular pipeline (default: all). The
+# Parts: tests raster step sdpa animation reconstruction refine specular pipeline profile (default: all but
+# profile, a diagnostic run of the pipeline under torch.profiler windows whose times are not the pipeline's). The
 # issue-12 speed figures in a 30-minute lease: PARTS="step refine pipeline tests" CAPS=22.
 set -o pipefail
 OUT="${OUT:-bench_out}"; mkdir -p "$OUT"
@@ -45,6 +47,10 @@ fi
 if want specular; then python3 bench/specular.py --template $T --out $OUT/specular.json 2>&1 | tail -40; fi
 # the whole pipeline (run.sh at paper settings, 4-5 min each): under a 24 GB-card budget, then uncapped (CAPS).
 # Needs a portrait in .bench/ (cp ../shared/data/faces/man.png .bench/).
+if want profile; then  # where each stage's GPU time goes (summaries in the JSON; traces in $OUT/profile)
+  python3 bench/full_pipeline.py --models /tmp/sd15 --tiny /tmp/tiny --template $T --face "${FACE:-.bench/man.png}" \
+    --cap-gb 22 --profile $OUT/profile --out $OUT/pipeline_profile.json 2>&1 | tail -20
+fi
 if want pipeline; then
   for cap in ${CAPS:-22 0}; do
     python3 bench/full_pipeline.py --gsplat-build --models /tmp/sd15 --tiny /tmp/tiny --template $T \
