@@ -111,8 +111,6 @@ def main(argv=None) -> int:
         else:
             cur.append(a)
     segments.append(cur)
-    if any(_runs_a_stage(seg) for seg in segments):
-        freeze_imported_objects()
     try:
         with finishing_after_launches():  # e.g. a stage's turntable video, encoded while the next stage runs
             for i, seg in enumerate(segments):
@@ -127,24 +125,20 @@ def main(argv=None) -> int:
         handover.clear()  # nothing outlives this call (a later launch in this process starts afresh)
 
 
-def _runs_a_stage(argv) -> bool:
-    """Whether a launch's arguments train, validate, test or export (not only --check / --show-config;
-    arguments that do not parse count as not: the launch reports them in its turn)."""
-    try:
-        args = parse_args(argv)
-    except SystemExit:
-        return False
-    return not (args.check or args.show_config)
+_IMPORTS_FROZEN = False
 
 
 def freeze_imported_objects() -> None:
     """Import the libraries every stage uses (torch, Lightning, the plugins and through them diffusers
     and transformers) and move the objects they made to the garbage collector's permanent generation
-    (``gc.freeze``), before any stage runs. Later full collections (:func:`release_gpu_memory` between
-    the launches of a chain, Python's automatic ones during training) then traverse only the objects
-    the stages made, not the hundreds of thousands of functions, classes and module dicts of the
-    imports (on a CPU machine 0.23 s per collection with them). Nothing a stage makes is frozen, so its
-    GPU tensors are still freed between launches."""
+    (``gc.freeze``), once per process, before its first stage runs. Later full collections
+    (:func:`release_gpu_memory` between the launches of a chain, Python's automatic ones during
+    training) then traverse only the objects the stages made, not the hundreds of thousands of
+    functions, classes and module dicts of the imports (on a CPU machine 0.23 s per collection with
+    them). Nothing a stage makes is frozen, so its GPU tensors are still freed between launches."""
+    global _IMPORTS_FROZEN
+    if _IMPORTS_FROZEN:
+        return
     import gc
 
     import pytorch_lightning  # noqa: F401
@@ -154,6 +148,7 @@ def freeze_imported_objects() -> None:
 
     threestudio.import_plugins()
     gc.freeze()
+    _IMPORTS_FROZEN = True
 
 
 def release_gpu_memory() -> None:
@@ -186,6 +181,9 @@ def _main_one(argv, chained: bool = False) -> int:
     from threestudio.utils.io import persist_compile_cache
 
     persist_compile_cache()  # before PyTorch picks its /tmp default for compiled kernels
+    if not (args.check or args.show_config):
+        # after the log levels above, as before this call: Lightning's first import sets its own loggers
+        freeze_imported_objects()
     try:
         return run(args)
     except UserError as e:

@@ -289,7 +289,7 @@ def test_show_config_of_a_stage_file_shows_its_values_and_the_plugins_options(st
     assert main(["--show-config", "no-such-plugin"], capsys)[0] == 2
 
 
-def test_a_finished_launch_leaves_no_stage_objects_alive(tiny_dir, tmp_path, capsys):
+def test_a_finished_launch_leaves_no_stage_objects_alive(tiny_dir, tmp_path, capsys, monkeypatch):
     """What a chain releases between launches (``release_gpu_memory``): the finished stage's system, its
     guidance (the diffusion networks, CUDA graphs, compiled functions) and its Lightning trainer are
     garbage afterwards, so none of their GPU memory reaches the next stage. The launch froze the
@@ -302,6 +302,7 @@ def test_a_finished_launch_leaves_no_stage_objects_alive(tiny_dir, tmp_path, cap
     from threestudio.systems.ahds import AHDSSystem
 
     gc.unfreeze()
+    monkeypatch.setattr(launch, "_IMPORTS_FROZEN", False)  # as in a fresh process
     rc, _, err = main(tiny_stage1_args(tmp_path, steps=2), capsys)
     assert rc == 0, err[-3000:]
     assert gc.get_freeze_count() > 100_000  # torch, Lightning, diffusers, transformers, the plugins
