@@ -101,17 +101,15 @@ def overrides(a) -> list[str]:
 def profile_results(prof_dir: Path) -> dict:
     """The timeline of a ``--profile`` run and a summary of each profiled window (written beside its trace
     as ``<window>.summary.json``; per step for the training windows)."""
-    from profile_launch import WINDOWS, parse_windows
     from profile_summary import load_events, summarize
 
-    steps, _ = parse_windows(os.environ.get("GIP_PROFILE_WINDOWS", WINDOWS))
     events = prof_dir / "events.json"
     out = {"note": "a profiled run: the profiler and its synchronisations slow it", "summaries": {}}
     out["events"] = json.loads(events.read_text()) if events.is_file() else []
+    steps = {e["window"]: e["steps"] for e in out["events"] if e["ev"] == "profile"}
     for trace in sorted(prof_dir.glob("*.trace.json.gz")):
         name = trace.name[: -len(".trace.json.gz")]
-        n = steps.get(name.split("_steps")[0], (0, 1))[1] if "_steps" in name else 1
-        summary = summarize(load_events(trace), steps=n)
+        summary = summarize(load_events(trace), steps=steps.get(name, 1))
         (prof_dir / f"{name}.summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         out["summaries"][name] = summary
     return out

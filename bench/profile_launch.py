@@ -11,7 +11,8 @@ Writes to ``$GIP_PROFILE_OUT``:
   loading, each compiled function's preparation (``threestudio.utils.aot``: loaded from disk or
   compiled), each CUDA-graph capture of the noise prediction (a row count met for the first time), the
   release between launches (garbage-collector and ``torch._dynamo.reset`` times, objects tracked and
-  frozen) and each profiled window (its wall time, and the time its trace took to write);
+  frozen) and each profiled window (its training steps, its wall time, and the time its trace took to
+  write);
 * ``<Stage>_steps<N>.trace.json.gz``: the Chrome trace (CPU with Python stacks, and CUDA) of the
   training steps N .. N+k-1 of each window, for ``bench/profile_summary.py``.
 
@@ -122,14 +123,14 @@ def main() -> int:
             empty_cache_s=round(time.perf_counter() - t2, 3),
         )
 
-    def write_trace(prof, name: str, wall: float) -> None:
+    def write_trace(prof, name: str, wall: float, steps: int = 1) -> None:
         t = time.perf_counter()
         path = os.path.join(OUT, f"{name}.trace.json")
         prof.export_chrome_trace(path)
         with open(path, "rb") as f, gzip.open(path + ".gz", "wb", compresslevel=6) as g:
             shutil.copyfileobj(f, g)
         os.remove(path)
-        event("profile", window=name, wall_s=round(wall, 3), write_s=round(time.perf_counter() - t, 3))
+        event("profile", window=name, steps=steps, wall_s=round(wall, 3), write_s=round(time.perf_counter() - t, 3))
 
     launch.release_gpu_memory = release_gpu_memory
     timed(launch, "_main_one", "launch")
@@ -165,7 +166,7 @@ def main() -> int:
             wall = time.perf_counter() - self._profile_t
             prof.__exit__(None, None, None)
             self._profile = None
-            write_trace(prof, f"{type(self).__name__}_steps{w[0]}", wall)
+            write_trace(prof, f"{type(self).__name__}_steps{w[0]}", wall, steps=w[1])
         return out
 
     base.GaussianSystem.on_train_start = train_start

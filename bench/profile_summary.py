@@ -82,11 +82,11 @@ def summarize(events: list[dict], steps: int = 1, top: int = 25, min_gap_us: flo
     host = [e for e in events if e.get("cat") in HOST_CATS]
     busy, gaps = 0.0, []
     start, end = gpu[0]["ts"], gpu[0]["ts"] + gpu[0]["dur"]
-    for e in gpu[1:]:
+    for i, e in enumerate(gpu[1:], start=1):
         s, f = e["ts"], e["ts"] + e["dur"]
         if s > end:
             busy += end - start
-            gaps.append((s - end, e))
+            gaps.append((s - end, i))  # the idle time before kernel i
             start, end = s, f
         else:
             end = max(end, f)
@@ -98,7 +98,6 @@ def summarize(events: list[dict], steps: int = 1, top: int = 25, min_gap_us: flo
         if r is not None:
             queries.append((r["tid"], r["ts"], i))
     stacks = _enclosing(host, queries)
-    index = {id(e): i for i, e in enumerate(gpu)}
     per = 1e-3 / max(steps, 1)
     kernels, by_op = collections.Counter(), collections.Counter()
     counts = collections.Counter()
@@ -113,10 +112,10 @@ def summarize(events: list[dict], steps: int = 1, top: int = 25, min_gap_us: flo
         py = own or [h["name"] for h in st if h.get("cat") == "python_function"]
         by_op[ops[-1] if ops else f"(no operator) {py[-1]}" if py else "(no operator)"] += e["dur"]
     idle_by = collections.Counter()
-    for gap, e in gaps:
+    for gap, i in gaps:
         if gap < min_gap_us:
             continue
-        st = stacks.get(index[id(e)], [])
+        st = stacks.get(i, [])
         own = [h["name"] for h in st if h.get("cat") == "python_function" and any(k in h["name"] for k in OWN_FRAMES)]
         if own:
             key = " > ".join(own[-frames:])

@@ -141,6 +141,8 @@ def test_profile_launch_records_the_timeline_and_a_window_trace_of_a_real_launch
     for name in ("torch_imported", "guidance_load", "on_train_start", "first_step_done", "profile", "launch", "exit"):
         assert name in names, names
     assert names.index("first_step_done") < names.index("profile") < names.index("exit")
+    (window,) = [e for e in events if e["ev"] == "profile"]
+    assert (window["window"], window["steps"]) == ("AHDSSystem_steps1", 1)
     sys.path.insert(0, str(REPO / "bench"))
     from profile_summary import load_events
 
