@@ -43,6 +43,7 @@ _EAGER = [
     "system.guidance.skip_unused_negative=false",
     "system.guidance.fuse_lora=false",
     "system.guidance.share_pose_embedding=false",
+    "system.guidance.controlnet_stream=false",
 ]
 VARIANTS = {
     "ours_bf16": [],
@@ -59,6 +60,7 @@ VARIANTS = {
     "ours_without_negative_row_skipping": ["system.guidance.skip_unused_negative=false"],
     "ours_without_fused_lora": ["system.guidance.fuse_lora=false"],
     "ours_without_shared_pose_embedding": ["system.guidance.share_pose_embedding=false"],
+    "ours_without_controlnet_stream": ["system.guidance.controlnet_stream=false"],
 }
 """Named config overrides of the guidance measured by this benchmark."""
 CODE_ORDER = {"reference_code_order"}

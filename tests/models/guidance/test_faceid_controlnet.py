@@ -8,9 +8,11 @@ from threestudio.models.guidance.faceid_controlnet import (
     NOISE_PREDICTION_DYNAMIC_ROWS,
     ChannelStatsGroupNorm,
     FaceIDControlNetGuidance,
+    TwoStreamNoisePrediction,
     noise_prediction,
     use_channel_stats_group_norm,
 )
+from threestudio.models.guidance.unet_halves import supports_halves, unet_forward
 from threestudio.models.prompt_processors.view_prompt import ViewPromptProcessor
 from threestudio.ops.sds import (
     clip_grad_per_pixel,
@@ -205,6 +207,7 @@ def _pair(tiny_dir, device, **fast):
             skip_unused_negative=False,
             fuse_lora=False,
             share_pose_embedding=False,
+            controlnet_stream=False,
         )
     )
     opt = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32", **fast))
@@ -379,6 +382,78 @@ def test_noise_prediction_and_encoder_compile_whole_and_load_from_disk(tiny_dir,
         assert wrapped.compiled.last_source == source
         x.grad = None
     assert len(list((tmp_path / "aot").glob("*.bin"))) == 2
+
+
+def test_unet_halves_compute_the_unet_forward(tiny_dir, tmp_path, monkeypatch):
+    """unet_decode(unet_encode(...)) is diffusers' UNet forward: the same numbers with the ControlNet's
+    residuals, without them, and at a latent size the up-samplers do not divide (upsample_size path)."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32"))
+    g.load("cpu")
+    br = g.prepare_identity(str(face("man.png")))["pos"]
+    assert supports_halves(g.unet) and not supports_halves(g.controlnet)
+    torch.manual_seed(0)
+    n, D = 3, g.unet.config.cross_attention_dim
+    t, text = torch.tensor([500, 300, 100]), torch.randn(n, 77, D)
+    ids, clip = br.id_embeds.expand(n, -1)[:, None], br.clip_embeds.expand(n, -1, -1)[:, None]
+    g.ip_projection.clip_embeds = clip
+    image = {"image_embeds": [ids]}
+    with torch.no_grad():
+        for size in ((16, 16), (12, 20)):
+            z = torch.randn(n, 4, *size)
+            ref = g.unet(z, t, encoder_hidden_states=text, added_cond_kwargs=image).sample
+            assert torch.equal(unet_forward(g.unet, z, t, text, ids), ref)
+        z, pose = torch.randn(n, 4, 16, 16), torch.rand(n, 3, 32, 32)
+        down, mid = g.controlnet(z, t, text, controlnet_cond=pose, return_dict=False)
+        down, mid = [torch.randn_like(d) for d in down], torch.randn_like(mid)  # (the tiny zero convs give 0)
+        kw = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        ref = g.unet(z, t, encoder_hidden_states=text, added_cond_kwargs=image, **kw).sample
+        assert torch.equal(unet_forward(g.unet, z, t, text, ids, down, mid), ref)
+        plain = g.unet(z, t, encoder_hidden_states=text, added_cond_kwargs=image).sample
+        assert (ref - plain).abs().max() > 1e-4  # the residuals matter, so the comparison can fail
+
+
+def test_controlnet_beside_the_unet_encoder_predicts_the_same_noise(tiny_dir, tmp_path, monkeypatch):
+    """``controlnet_stream`` (the ControlNet apart from the UNet's encoder half; on CUDA on a second
+    stream) predicts the noise of the one-piece :func:`noise_prediction` for every branch and for a
+    subset of rows, eager, and compiled to disk and loaded again (aot_eager on the CPU)."""
+    monkeypatch.setenv("GIP_CACHE_DIR", str(tmp_path))
+    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir, dtype="fp32"))
+    g.load("cpu")
+    g.prepare_identity(str(face("man.png")))
+    assert isinstance(g._denoise, TwoStreamNoisePrediction) and g._denoise.last_source is None
+    torch.manual_seed(0)
+    z, pose, t = torch.randn(6, 4, 16, 16), torch.rand(2, 3, 32, 32), torch.tensor([500, 300] * 3)
+    text = torch.randn(6, 77, g.unet.config.cross_attention_dim)
+    branches = [g.branches[n] for n in ("neg", "pos", "null")]
+    views = [torch.tensor([1]), torch.arange(2), torch.arange(2)]
+
+    def both():
+        with torch.no_grad():
+            return g.predict_noise(z, t, text, branches, pose), g.predict_noise(
+                z[1:], t[1:], text[1:], branches, pose, views
+            )
+
+    ours = both()
+    two = g._denoise
+    g._denoise = noise_prediction
+    ref = both()
+    assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1], ref[1])
+    assert (ref[0][:2] - ref[0][2:4]).abs().max() > 1e-4  # the branches differ, so the check can fail
+    for source in ("compiled", "disk"):
+        torch._dynamo.reset()
+        g._denoise = TwoStreamNoisePrediction(compiled=True, backend="aot_eager")
+        compiled = both()
+        torch.testing.assert_close(compiled[0], ref[0])
+        torch.testing.assert_close(compiled[1], ref[1])  # fewer rows: the same compiled functions
+        assert g._denoise.last_source == source
+    assert sorted(p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (tmp_path / "aot").glob("*.bin")) == [
+        "controlnet-residuals",
+        "unet-decode",
+        "unet-encode",
+    ]
+    g.set_ip_adapter_scale(0.6, 0.5)  # a new scale: the compiled parts are prepared again
+    assert g._denoise is not two and g._denoise.control._fns == {}
 
 
 @pytest.mark.gpu

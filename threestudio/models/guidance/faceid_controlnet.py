@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import threestudio
 from threestudio.models.face.identity import FaceIdentity
 from threestudio.models.guidance.hub import download_hint, is_available, stored_float_dtype
+from threestudio.models.guidance.unet_halves import supports_halves, unet_decode, unet_encode
 from threestudio.ops.norm import group_norm_channel_stats
 from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
 from threestudio.utils import handover
@@ -120,6 +121,102 @@ NOISE_PREDICTION_DYNAMIC_ROWS = (2, 3, 4, 5, 6, 8)
 """Arguments of :func:`noise_prediction` whose dim 0 is the row count n (compiled as a dynamic size)."""
 
 
+@typing.no_type_check  # saved by reference: must stay this module-level object (no test-time type-check wrapper)
+def controlnet_residuals(
+    controlnet, latents_t: Tensor, t: Tensor, text: Tensor, pose: Tensor, rows: Tensor, controlnet_scale: float
+) -> tuple:
+    """The ControlNet half of :func:`noise_prediction` (same arguments): its 12 down-block residuals
+    (SD-1.5) and its mid-block residual, as one flat tuple."""
+    down, mid = controlnet(
+        latents_t,
+        t,
+        encoder_hidden_states=text,
+        controlnet_cond=controlnet.controlnet_cond_embedding(pose)[rows],
+        conditioning_scale=controlnet_scale,
+        return_dict=False,
+    )
+    return (*down, mid)
+
+
+@typing.no_type_check  # saved by reference: must stay this module-level object (no test-time type-check wrapper)
+def faceid_unet_encode(unet, latents_t: Tensor, t: Tensor, text: Tensor, ids: Tensor, clip: Tensor) -> tuple:
+    """:func:`~threestudio.models.guidance.unet_halves.unet_encode` with FaceID-Plus-v2's CLIP tokens
+    ``clip`` [n, 1, L, C] set on the IP-Adapter projection first (as :func:`noise_prediction` does)."""
+    unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = clip
+    return unet_encode(unet, latents_t, t, text, ids)
+
+
+class TwoStreamNoisePrediction:
+    """:func:`noise_prediction` (same arguments and result) with the ControlNet on a second CUDA stream
+    while the UNet's time embedding, ``conv_in`` and down blocks run on the current one
+    (:mod:`~threestudio.models.guidance.unet_halves`: the ControlNet's residuals enter the UNet only
+    after its down blocks); then the rest of the UNet. The same modules on the same tensors: the same
+    numbers. At stage 1's 8-12 rows of 64² latents the kernels of either network alone leave part
+    of the GPU idle. Inside a CUDA-graph capture the two streams become two branches of the graph. Off
+    CUDA the three parts run one after the other.
+
+    Args:
+        compiled: compile the three parts with :class:`~threestudio.utils.aot.DiskCompiled` (dynamic row
+            count, Inductor's channels-last layout forced as for :func:`noise_prediction`), else eager.
+        backend: their ``torch.compile`` backend (tests use ``aot_eager``)."""
+
+    def __init__(self, compiled: bool = False, backend: str = "inductor"):
+        self.compiled, self.backend = compiled, backend
+        self.control, self.encode, self.decode = controlnet_residuals, faceid_unet_encode, unet_decode
+        if compiled:
+            self.control = self._compiled(controlnet_residuals, "controlnet-residuals", (1, 2, 3, 5))
+            self.encode = self._compiled(faceid_unet_encode, "unet-encode", (1, 2, 3, 4, 5))
+            self.decode = None  # made at the first call: its tensor arguments depend on the UNet's skip count
+        self._streams: dict = {}
+
+    def _compiled(self, fn, name: str, rows: tuple[int, ...]) -> DiskCompiled:
+        return DiskCompiled(fn, name, {"force_layout_optimization": True}, backend=self.backend, dynamic_batch=rows)
+
+    def clear(self) -> None:
+        """Forget the compiled signatures (after a module attribute such as an IP-Adapter scale changed)."""
+        for part in (self.control, self.encode, self.decode):
+            if isinstance(part, DiskCompiled):
+                part.clear()
+
+    @property
+    def last_source(self) -> str | None:
+        """Where the compiled parts' last prepared signatures came from (:attr:`DiskCompiled.last_source`:
+        ``disk``, ``compiled`` or ``fallback``; several joined by ``+`` when they differ), None if eager
+        or not called yet."""
+        parts = [p.last_source for p in (self.control, self.encode, self.decode) if isinstance(p, DiskCompiled)]
+        if not parts or None in parts:
+            return None
+        return "+".join(sorted(set(parts)))
+
+    def _side(self, device: torch.device):
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device=device)
+        return self._streams[device]
+
+    def __call__(self, controlnet, unet, latents_t, t, text, ids, clip, pose, rows, controlnet_scale):
+        cuda = latents_t.is_cuda
+        if cuda:
+            main = torch.cuda.current_stream(latents_t.device)
+            side = self._side(latents_t.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                control = self.control(controlnet, latents_t, t, text, pose, rows, controlnet_scale)
+        else:
+            control = self.control(controlnet, latents_t, t, text, pose, rows, controlnet_scale)
+        enc = self.encode(unet, latents_t, t, text, ids, clip)
+        if cuda:
+            main.wait_stream(side)
+            if not torch.cuda.is_current_stream_capturing():  # a graph's blocks stay in its pool
+                for x in control:
+                    x.record_stream(main)
+        args = (unet, len(enc) - 4, *enc, *control)
+        if self.decode is None:
+            self.decode = self._compiled(
+                unet_decode, "unet-decode", tuple(i for i, a in enumerate(args) if isinstance(a, Tensor))
+            )
+        return self.decode(*args)
+
+
 class SharedPoseEmbedding(torch.nn.Module):
     """Wraps the ControlNet's conditioning embedding (same parameters): an input that already is an
     embedding ([n, C_out, h, w], C_out = the embedding's ``conv_out`` channels) passes through
@@ -181,6 +278,7 @@ ADOPTABLE_OPTIONS = frozenset(
         "vae_layout_optimization",
         "vae_group_norm",
         "skip_unused_negative",
+        "controlnet_stream",
     }
 )
 """Options a handed-over guidance takes on after loading (memory layout, scales, schedule length, compilation); all
@@ -311,6 +409,12 @@ class FaceIDControlNetGuidance(BaseObject):
         272 s before. The UNet + ControlNet are then compiled with a dynamic row count (one file) and
         captured in one CUDA graph per row count. Off: every branch for every view, as the reference
         code ran it, compiled for 12 rows."""
+        controlnet_stream: bool = True
+        """Run the ControlNet on a second CUDA stream while the UNet's time embedding, ``conv_in`` and down
+        blocks run (:class:`TwoStreamNoisePrediction`; its residuals enter the UNet only after the down
+        blocks), in stage 1's compiled, graph-replayed noise prediction and in stage 2's eager one. The
+        same modules on the same tensors: the same numbers (a CPU test compares them). Off: the
+        ControlNet, then the whole UNet (:func:`noise_prediction`), as diffusers' pipelines run them."""
         fuse_lora: bool = True
         """Merge IP-Adapter FaceID-Plus-v2's LoRA (rank 128 on the query, key, value and output
         projections of every UNet attention, lora_scale 1.0, method §5.2) into those projections' weights
@@ -461,8 +565,11 @@ class FaceIDControlNetGuidance(BaseObject):
             if opts and c.vae_group_norm is GroupNormKind.channel_stats:
                 use_channel_stats_group_norm(self.vae.encoder)
             self.vae.encoder = DiskCompiledModule(self.vae.encoder, "vae-encoder", opts)
-        self._denoise = noise_prediction
-        if c.compile_denoiser and can_compile:
+        two_streams = c.controlnet_stream and supports_halves(self.unet)
+        self._denoise = TwoStreamNoisePrediction() if two_streams else noise_prediction
+        if c.compile_denoiser and can_compile and two_streams:
+            self._denoise = TwoStreamNoisePrediction(compiled=True)
+        elif c.compile_denoiser and can_compile:
             # a row count that changes from step to step (skip_unused_negative) is one compiled function
             # with a symbolic batch size; Inductor then turns its channels-last layout optimisation for
             # convolutions off (its heuristic): on an H200 the 12-row step took 78.2 instead of 71.2 ms
@@ -560,7 +667,7 @@ class FaceIDControlNetGuidance(BaseObject):
             if hasattr(proc, "scale") and isinstance(proc.scale, list):
                 proc.scale = [scale] * len(proc.scale)
         self.ip_projection.shortcut_scale = shortcut_scale
-        if isinstance(self._denoise, DiskCompiled):  # compiled with the old scales baked in
+        if isinstance(self._denoise, (DiskCompiled, TwoStreamNoisePrediction)):  # compiled with the old scales
             self._denoise.clear()
         self._forget_graphs()
 

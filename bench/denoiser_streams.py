@@ -1,0 +1,178 @@
+"""The stage-1 noise prediction (ControlNet + UNet with IP-Adapter FaceID-Plus-v2) with the ControlNet on a
+second CUDA stream beside the UNet's encoder half, against the one-stream order, on a CUDA GPU with
+real-size networks in random weights.
+
+The ControlNet's residuals enter the UNet only after its down blocks
+(:mod:`threestudio.models.guidance.unet_halves`), so the ControlNet and the UNet's time embedding,
+``conv_in`` and down blocks can run at the same time; at stage 1's 8-12 rows of 64² latents their
+kernels do not fill the GPU one at a time. Both orders run the same kernels on the same tensors (the
+outputs are compared). Times, per row count: CUDA-graph replays of each order (stage 1 replays its
+noise prediction from a graph), eager or with ``--compile`` (``torch.compile`` of each function,
+traced in this process); and eager calls at stage 2's 128² latents (stage 2 runs eagerly, no graph).
+
+    python -m threestudio.tiny --size sd15 --out /tmp/sd15
+    python bench/denoiser_streams.py --models /tmp/sd15 --out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from common import emit  # noqa: E402
+
+
+def _time(fn, reps: int, warm: int = 3) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` calls (CUDA events), after ``warm`` calls."""
+    for _ in range(warm):
+        fn()
+    ms = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ms.append(a.elapsed_time(b))
+    return statistics.median(ms)
+
+
+def _graphed(fn):
+    """``fn`` (no arguments) captured in a CUDA graph after two warm-up calls; returns (replay, output)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", required=True)
+    ap.add_argument("--rows", default="8,12", help="stage-1 row counts (64² latents, CUDA graph)")
+    ap.add_argument("--stage2-rows", default="16", help="stage-2 row counts (128² latents, eager); '' = none")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd functions (traced here)")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    import numpy as np
+
+    from threestudio.models.face.identity import FaceID
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance, noise_prediction
+    from threestudio.models.guidance.unet_halves import unet_decode, unet_encode
+
+    dev = torch.device("cuda")
+    m = a.models
+    g = FaceIDControlNetGuidance(
+        {
+            "pretrained_model_name_or_path": f"{m}/rv",
+            "vae_name_or_path": f"{m}/vae",
+            "controlnet_name_or_path": f"{m}/controlnet",
+            "ip_adapter_name_or_path": f"{m}/ip-adapter",
+            "image_encoder_name_or_path": f"{m}/image_encoder",
+            "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{m}/insightface"},
+            "compile_denoiser": False,
+            "compile_vae_encoder": False,
+        }
+    )
+    g.load(dev)
+    rng = np.random.default_rng(0)
+    fids = [
+        FaceID(
+            (e := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(e),
+            rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+            np.zeros(4),
+        )
+        for _ in range(2)
+    ]
+    g.set_identity(*fids)
+    cn, unet, dt = g.controlnet, g.unet, g.dtype
+    proj = unet.encoder_hid_proj.image_projection_layers[0]
+    D = unet.config.cross_attention_dim
+    side = torch.cuda.Stream()
+
+    def controlnet_residuals(cn, z, t, text, pose, rows):
+        down, mid = cn(
+            z,
+            t,
+            encoder_hidden_states=text,
+            controlnet_cond=cn.controlnet_cond_embedding(pose)[rows],
+            conditioning_scale=1.0,
+            return_dict=False,
+        )
+        return (*down, mid)
+
+    fns = {"cn": controlnet_residuals, "enc": unet_encode, "dec": unet_decode, "whole": noise_prediction}
+    if a.compile:
+        fns = {k: torch.compile(f, fullgraph=False) for k, f in fns.items()}
+
+    def inputs(n: int, lat: int, views: int):
+        z = torch.randn(n, 4, lat, lat, device=dev, dtype=dt)
+        t = torch.randint(20, 800, (n,), device=dev)
+        text = torch.randn(n, 77, D, device=dev, dtype=dt)
+        br = g.branches["pos"]
+        ids = br.id_embeds.expand(n, -1)[:, None].contiguous()
+        clip = br.clip_embeds.expand(n, -1, -1)[:, None].contiguous()
+        pose = torch.rand(views, 3, lat * 8, lat * 8, device=dev, dtype=dt)
+        rows = torch.arange(n, device=dev) % views
+        return z, t, text, ids, clip, pose, rows
+
+    def one_stream(z, t, text, ids, clip, pose, rows):
+        return fns["whole"](cn, unet, z, t, text, ids, clip, pose, rows, 1.0)
+
+    def two_streams(z, t, text, ids, clip, pose, rows):
+        proj.clip_embeds = clip
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            control = fns["cn"](cn, z, t, text, pose, rows)
+        enc = fns["enc"](unet, z, t, text, ids)
+        main.wait_stream(side)
+        if not torch.cuda.is_current_stream_capturing():  # a graph keeps its pool's blocks until it is freed
+            for x in control:
+                x.record_stream(main)
+        return fns["dec"](unet, len(enc) - 4, *enc, *control)
+
+    res = {
+        "benchmark": "denoiser_streams",
+        "dtype": str(dt),
+        "compiled": a.compile,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "stage1_graph_ms": {},
+        "stage2_eager_ms": {},
+    }
+    with torch.no_grad():
+        for n in [int(x) for x in a.rows.split(",") if x]:
+            x = inputs(n, 64, 4)
+            row = {}
+            outs = {}
+            for name, fn in (("one_stream", one_stream), ("two_streams", two_streams)):
+                replay, out = _graphed(lambda fn=fn, x=x: fn(*x))
+                row[name] = _time(replay, a.reps)
+                outs[name] = out.clone()
+            row["speedup"] = row["one_stream"] / row["two_streams"]
+            row["max_abs_diff"] = float((outs["one_stream"].float() - outs["two_streams"].float()).abs().max())
+            res["stage1_graph_ms"][str(n)] = row
+            print(n, row, flush=True)
+        for n in [int(x) for x in a.stage2_rows.split(",") if x]:
+            x = inputs(n, 128, n // 2)
+            row = {
+                name: _time(lambda fn=fn, x=x: fn(*x), max(5, a.reps // 3))
+                for name, fn in (("one_stream", one_stream), ("two_streams", two_streams))
+            }
+            row["speedup"] = row["one_stream"] / row["two_streams"]
+            res["stage2_eager_ms"][str(n)] = row
+            print(n, row, flush=True)
+    emit(res, a.out)
+
+
+if __name__ == "__main__":
+    main()
