@@ -5,7 +5,8 @@ refinement against the naive reference order (one view at a time, as the referen
 and reports peak GPU memory of each. ``--variants`` also times our refinement with speed-only settings of the
 eager networks (the same math): ``channels_last`` (UNet, ControlNet and VAE weights and inputs in
 channels-last layout) and ``cudnn_benchmark`` (cuDNN times its convolution algorithms for each new
-shape and keeps the fastest), each run ``--repeats`` times after one warm-up refinement of the default.
+shape and keeps the fastest), and ``one_stream`` (the ControlNet, then the whole UNet, on one CUDA stream:
+``controlnet_stream=false``), each run ``--repeats`` times after one warm-up refinement of the default.
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15
     python bench/refine_views.py --models /tmp/sd15 --template anny.npz --out r.json
@@ -40,7 +41,18 @@ def _cudnn_benchmark(g):
         torch.backends.cudnn.benchmark = before
 
 
-VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark}
+@contextlib.contextmanager
+def _one_stream(g):
+    from threestudio.models.guidance.faceid_controlnet import noise_prediction
+
+    before, g._denoise = g._denoise, noise_prediction
+    try:
+        yield
+    finally:
+        g._denoise = before
+
+
+VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark, "one_stream": _one_stream}
 """Speed-only settings of the eager networks: context managers that take the guidance and hold the setting."""
 
 

@@ -56,7 +56,7 @@ def test_refine_views_variants_are_undone_and_refine_as_the_default(tiny_dir, mo
     import torch
 
     from tests.conftest import stage2_ring, tiny_guidance_cfg
-    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance, TwoStreamNoisePrediction
 
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import refine_views as bench
@@ -65,13 +65,14 @@ def test_refine_views_variants_are_undone_and_refine_as_the_default(tiny_dir, mo
     g.load("cpu")
     r, inputs = stage2_ring(g)
     timings, outputs = bench.time_variants(r, *inputs, list(bench.VARIANTS), repeats=1)
-    assert list(timings) == ["ours_default", "ours_channels_last", "ours_cudnn_benchmark"]
+    assert list(timings) == ["ours_default", "ours_channels_last", "ours_cudnn_benchmark", "ours_one_stream"]
     assert all(len(t["seconds"]) == 1 and t["finite"] and t["speedup_vs_default_best"] > 0 for t in timings.values())
     assert timings["ours_default"]["speedup_vs_default_best"] == 1.0
-    for name in ("ours_channels_last", "ours_cudnn_benchmark"):
+    for name in ("ours_channels_last", "ours_cudnn_benchmark", "ours_one_stream"):
         torch.testing.assert_close(outputs[name], outputs["ours_default"], rtol=0, atol=1e-5)
-    # undone: contiguous weights again, cuDNN's search off
+    # undone: contiguous weights again, cuDNN's search off, the two-part noise prediction back
     assert g.unet.conv_in.weight.is_contiguous() and not torch.backends.cudnn.benchmark
+    assert isinstance(g._denoise, TwoStreamNoisePrediction)
 
 
 def _trace(path, events):
