@@ -428,11 +428,11 @@ def test_controlnet_beside_the_unet_encoder_predicts_the_same_noise(tiny_dir, tm
     branches = [g.branches[n] for n in ("neg", "pos", "null")]
     views = [torch.tensor([1]), torch.arange(2), torch.arange(2)]
 
-    def both():
+    def both(subset_first=False):
         with torch.no_grad():
-            return g.predict_noise(z, t, text, branches, pose), g.predict_noise(
-                z[1:], t[1:], text[1:], branches, pose, views
-            )
+            sub = g.predict_noise(z[1:], t[1:], text[1:], branches, pose, views) if subset_first else None
+            full = g.predict_noise(z, t, text, branches, pose)
+            return full, sub if subset_first else g.predict_noise(z[1:], t[1:], text[1:], branches, pose, views)
 
     ours = both()
     two = g._denoise
@@ -443,7 +443,9 @@ def test_controlnet_beside_the_unet_encoder_predicts_the_same_noise(tiny_dir, tm
     for source in ("compiled", "disk"):
         torch._dynamo.reset()
         g._denoise = TwoStreamNoisePrediction(compiled=True, backend="aot_eager")
-        compiled = both()
+        # a new process may meet another row count first (the pipeline starts at 12 rows, the step
+        # benchmark at fewer): the files saved at one row count serve it
+        compiled = both(subset_first=source == "disk")
         torch.testing.assert_close(compiled[0], ref[0])
         torch.testing.assert_close(compiled[1], ref[1])  # fewer rows: the same compiled functions
         assert g._denoise.last_source == source

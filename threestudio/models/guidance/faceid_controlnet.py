@@ -204,6 +204,10 @@ class TwoStreamNoisePrediction:
         else:
             control = self.control(controlnet, latents_t, t, text, pose, rows, controlnet_scale)
         enc = self.encode(unet, latents_t, t, text, ids, clip)
+        # the image tokens are made: the CLIP tokens left on the projection (n rows) would otherwise enter
+        # unet_decode's key as a tensor attribute of the UNet, and a process whose first call has
+        # another row count would compile it again instead of loading the saved file
+        unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = None
         if cuda:
             main.wait_stream(side)
             if not torch.cuda.is_current_stream_capturing():  # a graph's blocks stay in its pool
@@ -412,9 +416,13 @@ class FaceIDControlNetGuidance(BaseObject):
         controlnet_stream: bool = True
         """Run the ControlNet on a second CUDA stream while the UNet's time embedding, ``conv_in`` and down
         blocks run (:class:`TwoStreamNoisePrediction`; its residuals enter the UNet only after the down
-        blocks), in stage 1's compiled, graph-replayed noise prediction and in stage 2's eager one. The
-        same modules on the same tensors: the same numbers (a CPU test compares them). Off: the
-        ControlNet, then the whole UNet (:func:`noise_prediction`), as diffusers' pipelines run them."""
+        blocks). The same modules on the same tensors: the same numbers (a CPU test compares them). On
+        an H100 the paper-settings stage-1 step took 67.1 ms, against 69.2-70.6 ms with one stream in
+        earlier runs (``bench/results/stage1_step_h100_two_streams.json``). With the eager networks
+        replayed from CUDA graphs, 8 rows took 39.7 instead of 41.2 ms (``bench/denoiser_streams.py``).
+        Stage 2 (eager, 128² latents) gained nothing, so ``RefineSystem`` turns it off unless asked.
+        Off: the ControlNet, then the whole UNet (:func:`noise_prediction`), as diffusers' pipelines run
+        them."""
         fuse_lora: bool = True
         """Merge IP-Adapter FaceID-Plus-v2's LoRA (rank 128 on the query, key, value and output
         projections of every UNet attention, lora_scale 1.0, method §5.2) into those projections' weights
