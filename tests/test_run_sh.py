@@ -79,6 +79,7 @@ def test_readme_main_job_from_a_copy_restart_with_specular_and_animate(tiny_dir,
         assert step_ms["steps"] == 3 and step_ms["first"] > 0 and step_ms["median"] > 0, step_ms
     s2 = json.loads((run / "stage2" / "manifest.json").read_text())
     assert s2["models_from_stage1"] is True  # one process: stage 2 refined with the networks stage 1 loaded
+    assert s2["controlnet_stream"] is False  # stage 2 runs the ControlNet and the UNet on one stream
     timings = s2["timings_s"]  # stage 2's phases
     assert set(timings) == {"render", "load_models", "identity", "prompts", "refine", "write"}, timings
     assert min(timings.values()) >= 0 and timings["refine"] > 0, timings

@@ -124,6 +124,9 @@ class RefineSystem(BaseSystem):
         gcfg = _inherit(c.guidance, self.stage1, "guidance")
         for k in ("compile_denoiser", "compile_vae_encoder"):  # a few hundred no-grad calls at new shapes:
             gcfg[k] = c.guidance.get(k, False)  # compiling would cost more than it saves, unless asked for
+        # at 128² latents the ControlNet beside the UNet's encoder half saved nothing (379.5 ms both ways
+        # for 16 eager rows on an H100, bench/denoiser_streams.py): one stream, unless asked for
+        gcfg["controlnet_stream"] = c.guidance.get("controlnet_stream", False)
         guidance = threestudio.find(c.guidance_type)(gcfg)
         guidance.load(device)  # the networks stage 1 handed over, when this process ran it (run.sh)
         clock.lap("load_models")
@@ -167,6 +170,7 @@ class RefineSystem(BaseSystem):
             cameras="save/views/cameras.json",
             timings_s=clock.laps,
             models_from_stage1=bool(getattr(guidance, "reused", False)),
+            controlnet_stream=bool(gcfg["controlnet_stream"]),
             **self.memory_record(),
         )
 

@@ -131,6 +131,7 @@ def test_stage_1_networks_handed_over_to_stage_2_refine_as_freshly_loaded_ones(t
         s2.load("cpu")
         assert s2.reused and s2.unet is unet and handover.keys() == []
         assert isinstance(s2._denoise, TwoStreamNoisePrediction) and not s2._denoise.compiled  # eager
+        # (RefineSystem itself turns controlnet_stream off: it saves nothing at stage 2's shapes)
         assert not isinstance(s2.vae.encoder, DiskCompiledModule)
         assert not any(isinstance(m, ChannelStatsGroupNorm) for m in s2.vae.modules())
         assert s2.image_encoder is None  # the same face: stage 1's branches, no image encoder needed
