@@ -47,3 +47,39 @@ def renderer_for(device: torch.device):
     from threestudio.models.renderers.base import resolve_renderer_type
 
     return threestudio.find(resolve_renderer_type("auto", device.type))({})
+
+
+def random_identity_guidance(models: str, device, **cfg):
+    """The stage-1 guidance on the real-size random networks of ``python -m threestudio.tiny --size sd15
+    --out models``, eager (as stage 2 runs them; ``cfg`` overrides), loaded on ``device`` with a random
+    identity (two random ArcFace embeddings and crops: the positive and the irrelevant branch)."""
+    import numpy as np
+
+    from threestudio.models.face.identity import FaceID
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
+
+    g = FaceIDControlNetGuidance(
+        {
+            "pretrained_model_name_or_path": f"{models}/rv",
+            "vae_name_or_path": f"{models}/vae",
+            "controlnet_name_or_path": f"{models}/controlnet",
+            "ip_adapter_name_or_path": f"{models}/ip-adapter",
+            "image_encoder_name_or_path": f"{models}/image_encoder",
+            "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{models}/insightface"},
+            "compile_denoiser": False,
+            "compile_vae_encoder": False,
+            **cfg,
+        }
+    )
+    g.load(device)
+    rng = np.random.default_rng(0)
+    fids = [
+        FaceID(
+            (e := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(e),
+            rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+            np.zeros(4),
+        )
+        for _ in range(2)
+    ]
+    g.set_identity(*fids)
+    return g

@@ -20,7 +20,7 @@ import argparse
 import statistics
 
 import torch
-from common import emit  # noqa: E402
+from common import emit, random_identity_guidance  # noqa: E402
 
 
 def _time(fn, reps: int, warm: int = 3) -> float:
@@ -62,37 +62,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    import numpy as np
-
-    from threestudio.models.face.identity import FaceID
-    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance, noise_prediction
+    from threestudio.models.guidance.faceid_controlnet import noise_prediction
     from threestudio.models.guidance.unet_halves import unet_decode, unet_encode
 
     dev = torch.device("cuda")
-    m = a.models
-    g = FaceIDControlNetGuidance(
-        {
-            "pretrained_model_name_or_path": f"{m}/rv",
-            "vae_name_or_path": f"{m}/vae",
-            "controlnet_name_or_path": f"{m}/controlnet",
-            "ip_adapter_name_or_path": f"{m}/ip-adapter",
-            "image_encoder_name_or_path": f"{m}/image_encoder",
-            "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{m}/insightface"},
-            "compile_denoiser": False,
-            "compile_vae_encoder": False,
-        }
-    )
-    g.load(dev)
-    rng = np.random.default_rng(0)
-    fids = [
-        FaceID(
-            (e := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(e),
-            rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
-            np.zeros(4),
-        )
-        for _ in range(2)
-    ]
-    g.set_identity(*fids)
+    g = random_identity_guidance(a.models, dev)
     cn, unet, dt = g.controlnet, g.unet, g.dtype
     proj = unet.encoder_hid_proj.image_projection_layers[0]
     D = unet.config.cross_attention_dim

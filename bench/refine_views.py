@@ -18,9 +18,8 @@ import argparse
 import contextlib
 import time
 
-import numpy as np
 import torch
-from common import emit  # noqa: E402
+from common import emit, random_identity_guidance  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -96,7 +95,7 @@ def main():
     ap.add_argument(
         "--variants",
         default="",
-        help="comma list of speed-only settings to time as well: channels_last, cudnn_benchmark",
+        help="comma list of speed-only settings to time as well: channels_last, cudnn_benchmark, one_stream",
     )
     ap.add_argument("--repeats", type=int, default=2, help="refinements per variant (the first includes its set-up)")
     ap.add_argument("--out", default=None)
@@ -106,40 +105,14 @@ def main():
     if unknown:
         ap.error(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     from threestudio.models.body.template import BodyTemplate
-    from threestudio.models.face.identity import FaceID
     from threestudio.models.geometry.gaussian_model import GaussianModel
-    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance
     from threestudio.models.guidance.vcr import VCRRefiner
     from threestudio.models.renderers.gsplat_renderer import GsplatRenderer
     from threestudio.ops.camera import ring_cameras
     from threestudio.ops.openpose import skeleton_images
 
     dev = torch.device("cuda")
-    m = a.models
-    g = FaceIDControlNetGuidance(
-        {
-            "pretrained_model_name_or_path": f"{m}/rv",
-            "vae_name_or_path": f"{m}/vae",
-            "controlnet_name_or_path": f"{m}/controlnet",
-            "ip_adapter_name_or_path": f"{m}/ip-adapter",
-            "image_encoder_name_or_path": f"{m}/image_encoder",
-            "face": {"detector": "haar", "model_name": "tiny_l", "root": f"{m}/insightface"},
-            # eager, as stage 2 runs them (RefineSystem turns stage 1's compilation off)
-            "compile_denoiser": False,
-            "compile_vae_encoder": False,
-        }
-    )
-    g.load(dev)
-    rng = np.random.default_rng(0)
-    fids = [
-        FaceID(
-            (e := rng.standard_normal(512).astype(np.float32)) / np.linalg.norm(e),
-            rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
-            np.zeros(4),
-        )
-        for _ in range(2)
-    ]
-    g.set_identity(*fids)
+    g = random_identity_guidance(a.models, dev)  # eager, as stage 2 runs them (RefineSystem)
     tpl = BodyTemplate.load(a.template)
     geo = GaussianModel({"num_points": 100_000}).init_from_template(tpl).to(dev)
     cams = ring_cameras(a.views, 17.0, 1.5, 70.0, a.res).to(dev)
