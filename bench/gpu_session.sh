@@ -6,12 +6,12 @@
 #
 #   PARTS="tests step pipeline" bash bench/gpu_session.sh   # only these parts, in this script's order
 #
-# Parts: tests raster step sdpa animation reconstruction refine specular pipeline profile (default: all but
+# Parts: tests raster step streams sdpa animation reconstruction refine specular pipeline profile (default: all but
 # profile, a diagnostic run of the pipeline under torch.profiler windows whose times are not the pipeline's). The
 # issue-12 speed figures in a 30-minute lease: PARTS="step refine pipeline tests" CAPS=22.
 set -o pipefail
 OUT="${OUT:-bench_out}"; mkdir -p "$OUT"
-PARTS="${PARTS:-tests raster step sdpa animation reconstruction refine specular pipeline}"
+PARTS="${PARTS:-tests raster step streams sdpa animation reconstruction refine specular pipeline}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 T=.bench/anny_template.npz  # python -m threestudio.models.body.export anny .bench/anny_template.npz (on the CPU machine)
 if [ -d .whl ]; then
@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED=1 GIP_CACHE_DIR=/tmp/gipcache GIP_TINY_DIR=/tmp/tiny GIP
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $OUT/gpu.txt
 python3 -c "import torch, diffusers, gsplat, transformers, peft, omegaconf; print(torch.__version__, diffusers.__version__, gsplat.__version__, transformers.__version__, peft.__version__)" | tee -a $OUT/gpu.txt
 python3 -m threestudio.tiny 2>&1 | tail -1
-if want step || want refine || want pipeline; then
+if want step || want streams || want refine || want pipeline; then
   (time python3 -m threestudio.tiny --size sd15 --out /tmp/sd15) 2>&1 | tail -4
 fi
 if want tests; then (time python3 -m pytest -q -p no:cacheprovider -m gpu tests 2>&1) 2>&1 | tail -15 | tee $OUT/pytest_gpu.txt; fi
@@ -34,6 +34,9 @@ if want step; then  # ours beside the naive reference (fp16, eager diffusers) in
   python3 bench/stage1_step.py --models /tmp/sd15 --template $T --steps 25 --warmup-steps 12 --breakdown \
     --variants ours_bf16 reference_fp16 --out $OUT/stage1.json 2>&1 | grep -v Warning | tail -40
 fi
+if want streams; then  # the ControlNet beside the UNet's encoder half against one stream (controlnet_stream)
+  python3 bench/denoiser_streams.py --models /tmp/sd15 --rows 8,12 --stage2-rows 16 --out $OUT/denoiser_streams.json 2>&1 | tail -30
+fi
 if want sdpa; then python3 bench/sdpa_backends.py --out $OUT/sdpa_backends.json 2>&1 | tail -40; fi
 # animation: body only, then body + facial expression (needs an AMASS SMPL-X motion: cp ../shared/data/motions/amass_test_17.npz .bench/)
 if want animation; then
@@ -41,7 +44,7 @@ if want animation; then
 fi
 if want reconstruction; then python3 bench/reconstruction.py --template $T --out $OUT/reconstruction.json 2>&1 | tail -60; fi
 if want refine; then
-  python3 bench/refine_views.py --models /tmp/sd15 --template $T --variants channels_last,cudnn_benchmark --repeats 1 \
+  python3 bench/refine_views.py --models /tmp/sd15 --template $T --variants one_stream,channels_last,cudnn_benchmark --repeats 1 \
     --out $OUT/refine.json 2>&1 | grep -v "Warning\|warn\|Loading weights\|should be kept\|LoRA keys\|image_encoder is not" | tail -30
 fi
 if want specular; then python3 bench/specular.py --template $T --out $OUT/specular.json 2>&1 | tail -40; fi
