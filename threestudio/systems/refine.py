@@ -122,11 +122,11 @@ class RefineSystem(BaseSystem):
         )
         clock.lap("render")
         gcfg = _inherit(c.guidance, self.stage1, "guidance")
-        for k in ("compile_denoiser", "compile_vae_encoder"):  # a few hundred no-grad calls at new shapes:
-            gcfg[k] = c.guidance.get(k, False)  # compiling would cost more than it saves, unless asked for
-        # at 128² latents the ControlNet beside the UNet's encoder half saved nothing (379.5 ms both ways
-        # for 16 eager rows on an H100, bench/denoiser_streams.py): one stream, unless asked for
-        gcfg["controlnet_stream"] = c.guidance.get("controlnet_stream", False)
+        # off unless asked for: compiling a few hundred no-grad calls at new shapes would cost more than it
+        # saves, and at 128² latents the ControlNet beside the UNet's encoder half saved nothing (379.5 ms
+        # both ways for 16 eager rows on an H100, bench/denoiser_streams.py)
+        for k in ("compile_denoiser", "compile_vae_encoder", "controlnet_stream"):
+            gcfg[k] = c.guidance.get(k, False)
         guidance = threestudio.find(c.guidance_type)(gcfg)
         guidance.load(device)  # the networks stage 1 handed over, when this process ran it (run.sh)
         clock.lap("load_models")

@@ -98,21 +98,13 @@ def noise_prediction(
     Returns:
         [n, 4, h, w] predicted noise, network dtype."""
     unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = clip
-    pose_embedding = controlnet.controlnet_cond_embedding(pose)[rows]
-    down, mid = controlnet(
-        latents_t,
-        t,
-        encoder_hidden_states=text,
-        controlnet_cond=pose_embedding,
-        conditioning_scale=controlnet_scale,
-        return_dict=False,
-    )
+    *down, mid = controlnet_residuals(controlnet, latents_t, t, text, pose, rows, controlnet_scale)
     return unet(
         latents_t,
         t,
         encoder_hidden_states=text,
         added_cond_kwargs={"image_embeds": [ids]},
-        down_block_additional_residuals=down,
+        down_block_additional_residuals=tuple(down),
         mid_block_additional_residual=mid,
     ).sample
 
@@ -125,8 +117,9 @@ NOISE_PREDICTION_DYNAMIC_ROWS = (2, 3, 4, 5, 6, 8)
 def controlnet_residuals(
     controlnet, latents_t: Tensor, t: Tensor, text: Tensor, pose: Tensor, rows: Tensor, controlnet_scale: float
 ) -> tuple:
-    """The ControlNet half of :func:`noise_prediction` (same arguments): its 12 down-block residuals
-    (SD-1.5) and its mid-block residual, as one flat tuple."""
+    """The ControlNet part of :func:`noise_prediction` (same arguments; each view's pose embedded once,
+    the embeddings gathered per row): its 12 down-block residuals (SD-1.5) and its mid-block residual,
+    as one flat tuple."""
     down, mid = controlnet(
         latents_t,
         t,
