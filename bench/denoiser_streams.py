@@ -7,8 +7,9 @@ The ControlNet's residuals enter the UNet only after its down blocks
 ``conv_in`` and down blocks can run at the same time; at stage 1's 8-12 rows of 64² latents their
 kernels do not fill the GPU one at a time. Both orders run the same kernels on the same tensors (the
 outputs are compared). Times, per row count: CUDA-graph replays of each order (stage 1 replays its
-noise prediction from a graph), eager or with ``--compile`` (``torch.compile`` of each function,
-traced in this process); and eager calls at stage 2's 128² latents (stage 2 runs eagerly, no graph).
+noise prediction from a graph), eager or with ``--compile`` (compiled and saved as stage 1 compiles
+them: :func:`noise_prediction` whole, :class:`TwoStreamNoisePrediction` in its three parts); and calls at
+stage 2's 128² latents (stage 2 runs eagerly, no graph).
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15
     python bench/denoiser_streams.py --models /tmp/sd15 --out r.json
@@ -57,35 +58,36 @@ def main() -> None:
     ap.add_argument("--models", required=True)
     ap.add_argument("--rows", default="8,12", help="stage-1 row counts (64² latents, CUDA graph)")
     ap.add_argument("--stage2-rows", default="16", help="stage-2 row counts (128² latents, eager); '' = none")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd functions (traced here)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="time the functions compiled as stage 1 compiles them (kept in $GIP_CACHE_DIR/aot), not eager",
+    )
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    from threestudio.models.guidance.faceid_controlnet import noise_prediction
-    from threestudio.models.guidance.unet_halves import unet_decode, unet_encode
+    from threestudio.models.guidance.faceid_controlnet import (
+        NOISE_PREDICTION_DYNAMIC_ROWS,
+        TwoStreamNoisePrediction,
+        noise_prediction,
+    )
+    from threestudio.utils.aot import DiskCompiled
 
     dev = torch.device("cuda")
     g = random_identity_guidance(a.models, dev)
     cn, unet, dt = g.controlnet, g.unet, g.dtype
-    proj = unet.encoder_hid_proj.image_projection_layers[0]
     D = unet.config.cross_attention_dim
-    side = torch.cuda.Stream()
-
-    def controlnet_residuals(cn, z, t, text, pose, rows):
-        down, mid = cn(
-            z,
-            t,
-            encoder_hidden_states=text,
-            controlnet_cond=cn.controlnet_cond_embedding(pose)[rows],
-            conditioning_scale=1.0,
-            return_dict=False,
-        )
-        return (*down, mid)
-
-    fns = {"cn": controlnet_residuals, "enc": unet_encode, "dec": unet_decode, "whole": noise_prediction}
+    # the two orders as stage 1 runs them: compiled (--compile) as FaceIDControlNetGuidance compiles them
+    whole = noise_prediction
     if a.compile:
-        fns = {k: torch.compile(f, fullgraph=False) for k, f in fns.items()}
+        whole = DiskCompiled(
+            noise_prediction,
+            "noise-prediction",
+            {"force_layout_optimization": True},
+            dynamic_batch=NOISE_PREDICTION_DYNAMIC_ROWS,
+        )
+    two = TwoStreamNoisePrediction(compiled=a.compile)
 
     def inputs(n: int, lat: int, views: int):
         z = torch.randn(n, 4, lat, lat, device=dev, dtype=dt)
@@ -99,20 +101,11 @@ def main() -> None:
         return z, t, text, ids, clip, pose, rows
 
     def one_stream(z, t, text, ids, clip, pose, rows):
-        return fns["whole"](cn, unet, z, t, text, ids, clip, pose, rows, 1.0)
+        g.ip_projection.clip_embeds = None  # as predict_noise does: the last call's tokens stay out of the keys
+        return whole(cn, unet, z, t, text, ids, clip, pose, rows, 1.0)
 
     def two_streams(z, t, text, ids, clip, pose, rows):
-        proj.clip_embeds = clip
-        main = torch.cuda.current_stream()
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            control = fns["cn"](cn, z, t, text, pose, rows)
-        enc = fns["enc"](unet, z, t, text, ids)
-        main.wait_stream(side)
-        if not torch.cuda.is_current_stream_capturing():  # a graph keeps its pool's blocks until it is freed
-            for x in control:
-                x.record_stream(main)
-        return fns["dec"](unet, len(enc) - 4, *enc, *control)
+        return two(cn, unet, z, t, text, ids, clip, pose, rows, 1.0)
 
     res = {
         "benchmark": "denoiser_streams",
