@@ -68,25 +68,17 @@ def main() -> None:
     a = ap.parse_args()
 
     from threestudio.models.guidance.faceid_controlnet import (
-        NOISE_PREDICTION_DYNAMIC_ROWS,
         TwoStreamNoisePrediction,
+        compiled_noise_prediction,
         noise_prediction,
     )
-    from threestudio.utils.aot import DiskCompiled
 
     dev = torch.device("cuda")
     g = random_identity_guidance(a.models, dev)
     cn, unet, dt = g.controlnet, g.unet, g.dtype
     D = unet.config.cross_attention_dim
     # the two orders as stage 1 runs them: compiled (--compile) as FaceIDControlNetGuidance compiles them
-    whole = noise_prediction
-    if a.compile:
-        whole = DiskCompiled(
-            noise_prediction,
-            "noise-prediction",
-            {"force_layout_optimization": True},
-            dynamic_batch=NOISE_PREDICTION_DYNAMIC_ROWS,
-        )
+    whole = compiled_noise_prediction() if a.compile else noise_prediction
     two = TwoStreamNoisePrediction(compiled=a.compile)
 
     def inputs(n: int, lat: int, views: int):

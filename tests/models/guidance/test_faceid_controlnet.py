@@ -5,10 +5,10 @@ import torch
 
 from tests.conftest import face, tiny_guidance_cfg
 from threestudio.models.guidance.faceid_controlnet import (
-    NOISE_PREDICTION_DYNAMIC_ROWS,
     ChannelStatsGroupNorm,
     FaceIDControlNetGuidance,
     TwoStreamNoisePrediction,
+    compiled_noise_prediction,
     noise_prediction,
     use_channel_stats_group_norm,
 )
@@ -18,7 +18,7 @@ from threestudio.ops.sds import (
     clip_grad_per_pixel,
     scale_grad,
 )
-from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
+from threestudio.utils.aot import DiskCompiledModule
 from threestudio.utils.gpu import resolve_dtype
 
 
@@ -367,9 +367,7 @@ def test_noise_prediction_and_encoder_compile_whole_and_load_from_disk(tiny_dir,
     ref_grad, x.grad = x.grad.clone(), None
     for source in ("compiled", "disk"):
         torch._dynamo.reset()
-        g._denoise = DiskCompiled(
-            noise_prediction, "noise-prediction", backend="aot_eager", dynamic_batch=NOISE_PREDICTION_DYNAMIC_ROWS
-        )
+        g._denoise = compiled_noise_prediction(backend="aot_eager")  # as stage 1 compiles it on CUDA
         with torch.no_grad():
             torch.testing.assert_close(g.predict_noise(z, t, text, branches, pose), ref)
             assert g._denoise.last_source == source
