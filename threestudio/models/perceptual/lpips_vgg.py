@@ -17,7 +17,6 @@ relu2_2, relu3_3, relu4_3 and relu5_3 activations of the input scaled as LPIPS d
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -72,14 +71,6 @@ class LPIPSConfig:
     the CPU. bf16 is an opt-in speed-up, not the default: the distance agrees to about 0.1 % but the
     image gradient only to about 15 % (cosine 0.99; ``tests/models/perceptual/test_lpips_vgg.py``
     bounds both)."""
-    compile_elementwise: bool = True
-    """On CUDA, when Triton is installed: run the elementwise parts of LPIPS as ``torch.compile``d
-    kernels with dynamic shapes (one compilation serves every crop size): each convolution's bias add
-    and ReLU as one kernel (:func:`bias_relu`), and per layer the channel normalisation, difference,
-    head weighting and spatial mean (:func:`layer_distance`), forward and backward. The convolutions
-    stay cuDNN's. The same function as the eager path up to float rounding (tests bound it); the
-    eager path spends one kernel on each of these steps and keeps their intermediates for autograd.
-    Ignored on the CPU."""
 
 
 def resolve_paths(cfg: dict | DictConfig | None) -> tuple[Path, Path]:
@@ -138,9 +129,7 @@ class LPIPSVGG(nn.Module):
         ValueError: a weight file does not have the expected keys/shapes.
         """
         super().__init__()
-        c = parse_structured(LPIPSConfig, cfg)
-        self.trunk_precision = c.trunk_precision
-        self.compile_elementwise = c.compile_elementwise
+        self.trunk_precision = parse_structured(LPIPSConfig, cfg).trunk_precision
         miss = missing(cfg)
         if miss:
             raise MissingModelError("missing pretrained models:\n  " + "\n  ".join(miss))
@@ -180,58 +169,11 @@ class LPIPSVGG(nn.Module):
             size = (max(MIN_SIDE, round(h * s)), max(MIN_SIDE, round(w * s)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-        if self.compile_elementwise and x.device.type == "cuda" and importlib.util.find_spec("triton"):
-            return self.distance_compiled(x, y)
         fx, fy = self.features_of(x), self.features_of(y)
         d = 0.0
         for a, b, lin in zip(fx, fy, self.lins, strict=True):
             d = d + lin((a - b) ** 2).mean(dim=(2, 3))[:, 0]
         return d
-
-    def distance_compiled(self, x: Float[Tensor, "B 3 H W"], y: Float[Tensor, "B 3 H W"]) -> Float[Tensor, " B"]:
-        """Eq. 1 as :meth:`forward` computes it, with the elementwise parts compiled (``compile_elementwise``):
-        :func:`bias_relu` after each bias-free convolution and :func:`layer_distance` per layer, both
-        ``torch.compile(dynamic=True)``. Inputs at least 32 px a side (``forward`` upsamples smaller
-        ones); any device Inductor compiles for (the CPU in the tests)."""
-        bias_relu_c, layer_distance_c = _compiled_parts()
-        fx = self._trunk(x, bias_relu_c)
-        fy = self._trunk(y, bias_relu_c)
-        d = 0.0
-        for a, b, lin in zip(fx, fy, self.lins, strict=True):
-            # the head as a parameter: Dynamo keeps parameter shapes static, so each layer width gets its
-            # own graph with static channel reductions; the spatial mean stays eager (a reduction over a
-            # dynamic size would add a guard on its length)
-            d = d + layer_distance_c(a, b, lin.weight).mean(dim=(1, 2))
-        return d
-
-    def _trunk(self, img: Tensor, bias_relu_fn) -> list[Tensor]:
-        """The five raw relu1_2 ... relu5_3 activations (not normalised) of images in [0, 1], each
-        convolution run without its bias and followed by ``bias_relu_fn(z, bias)``; without autograd
-        when ``img`` needs no gradient."""
-        grad = torch.is_grad_enabled() and img.requires_grad
-        dev = img.device.type
-        bf16 = self.trunk_precision == "bf16" or (self.trunk_precision == "auto" and dev == "cuda")
-        layers = list(self.features)
-        with torch.set_grad_enabled(grad):
-            z = ((2 * img.to(self.shift.dtype) - 1) - self.shift) / self.scale
-            if dev == "cuda":
-                z = z.contiguous(memory_format=torch.channels_last)
-                if not self.features[0].weight.is_contiguous(memory_format=torch.channels_last):
-                    self.features.to(memory_format=torch.channels_last)  # once, on the first CUDA call
-            out, i = [], 0
-            for end in SLICE_ENDS:
-                with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
-                    while i < end:
-                        layer = layers[i]
-                        if isinstance(layer, nn.Conv2d):  # every VGG convolution is followed by its ReLU
-                            z = F.conv2d(z, layer.weight, None, layer.stride, layer.padding)
-                            z = bias_relu_fn(z, layer.bias.detach())  # not a parameter: any width, one graph
-                            i += 2
-                        else:
-                            z = layer(z)
-                            i += 1
-                out.append(z)
-        return out
 
     def features_of(self, img: Float[Tensor, "B 3 H W"]) -> list[Tensor]:
         """The five channel-normalised activations φ̂_l (relu1_2 ... relu5_3, [B, C_l, H_l, W_l],
@@ -259,28 +201,3 @@ def _unit(f: Tensor, eps: float = 1e-10) -> Tensor:
     one fused reduction (no squared copy of the activations), and finite at an all-zero pixel,
     where the gradient of ``sqrt(sum(f²))`` is NaN."""
     return f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + eps)
-
-
-def bias_relu(z: Float[Tensor, "B C H W"], bias: Float[Tensor, " C"]) -> Float[Tensor, "B C H W"]:
-    """``relu(z + bias)`` per channel, in ``z``'s dtype (the bias cast to it, as a convolution with a
-    bias computes it under autocast): the tail of each VGG convolution when the convolution runs
-    without its bias (:meth:`LPIPSVGG.distance_compiled`)."""
-    return torch.relu(z + bias.to(z.dtype).view(1, -1, 1, 1))
-
-
-def layer_distance(
-    fa: Float[Tensor, "B C H W"], fb: Float[Tensor, "B C H W"], w: Float[Tensor, "1 C 1 1"]
-) -> Float[Tensor, "B H W"]:
-    """One layer's term of Eq. 1 per pixel, from raw activations: ``Σ_c w_c (φ̂_a − φ̂_b)²`` with
-    φ̂ = :func:`_unit` of the float32 activations and ``w`` the layer's linear head (≥ 0); its spatial
-    mean is the layer's term of the distance."""
-    d = _unit(fa.float()) - _unit(fb.float())
-    return (d.square() * w.view(1, -1, 1, 1)).sum(1)
-
-
-@functools.cache
-def _compiled_parts():
-    """:func:`bias_relu` and :func:`layer_distance` compiled once per process with dynamic shapes
-    (every crop size and layer width share one compiled graph per grad mode; Inductor keeps the
-    kernels in its on-disk cache, ``threestudio.utils.io.persist_compile_cache``)."""
-    return torch.compile(bias_relu, dynamic=True), torch.compile(layer_distance, dynamic=True)
