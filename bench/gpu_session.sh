@@ -44,7 +44,7 @@ if want animation; then
 fi
 if want reconstruction; then python3 bench/reconstruction.py --template $T --out $OUT/reconstruction.json 2>&1 | tail -60; fi
 if want refine; then
-  python3 bench/refine_views.py --models /tmp/sd15 --template $T --variants one_stream,channels_last,cudnn_benchmark --repeats 1 \
+  python3 bench/refine_views.py --models /tmp/sd15 --template $T --variants two_streams,channels_last,cudnn_benchmark --repeats 1 \
     --out $OUT/refine.json 2>&1 | grep -v "Warning\|warn\|Loading weights\|should be kept\|LoRA keys\|image_encoder is not" | tail -30
 fi
 if want specular; then python3 bench/specular.py --template $T --out $OUT/specular.json 2>&1 | tail -40; fi

@@ -5,8 +5,9 @@ refinement against the naive reference order (one view at a time, as the referen
 and reports peak GPU memory of each. ``--variants`` also times our refinement with speed-only settings of the
 eager networks (the same math): ``channels_last`` (UNet, ControlNet and VAE weights and inputs in
 channels-last layout) and ``cudnn_benchmark`` (cuDNN times its convolution algorithms for each new
-shape and keeps the fastest), and ``one_stream`` (the ControlNet, then the whole UNet, on one CUDA stream:
-``controlnet_stream=false``), each run ``--repeats`` times after one warm-up refinement of the default.
+shape and keeps the fastest), and ``two_streams`` (the ControlNet on a second CUDA stream beside the UNet's
+encoder half: ``controlnet_stream=true``; stage 2 runs one stream, as the default here), each run
+``--repeats`` times after one warm-up refinement of the default.
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15
     python bench/refine_views.py --models /tmp/sd15 --template anny.npz --out r.json
@@ -41,17 +42,17 @@ def _cudnn_benchmark(g):
 
 
 @contextlib.contextmanager
-def _one_stream(g):
-    from threestudio.models.guidance.faceid_controlnet import noise_prediction
+def _two_streams(g):
+    from threestudio.models.guidance.faceid_controlnet import TwoStreamNoisePrediction
 
-    before, g._denoise = g._denoise, noise_prediction
+    before, g._denoise = g._denoise, TwoStreamNoisePrediction()
     try:
         yield
     finally:
         g._denoise = before
 
 
-VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark, "one_stream": _one_stream}
+VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark, "two_streams": _two_streams}
 """Speed-only settings of the eager networks: context managers that take the guidance and hold the setting."""
 
 
@@ -95,7 +96,7 @@ def main():
     ap.add_argument(
         "--variants",
         default="",
-        help="comma list of speed-only settings to time as well: channels_last, cudnn_benchmark, one_stream",
+        help="comma list of speed-only settings to time as well: channels_last, cudnn_benchmark, two_streams",
     )
     ap.add_argument("--repeats", type=int, default=2, help="refinements per variant (the first includes its set-up)")
     ap.add_argument("--out", default=None)
@@ -112,7 +113,7 @@ def main():
     from threestudio.ops.openpose import skeleton_images
 
     dev = torch.device("cuda")
-    g = random_identity_guidance(a.models, dev)  # eager, as stage 2 runs them (RefineSystem)
+    g = random_identity_guidance(a.models, dev, controlnet_stream=False)  # eager, one stream: as RefineSystem runs them
     tpl = BodyTemplate.load(a.template)
     geo = GaussianModel({"num_points": 100_000}).init_from_template(tpl).to(dev)
     cams = ring_cameras(a.views, 17.0, 1.5, 70.0, a.res).to(dev)

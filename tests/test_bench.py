@@ -56,23 +56,23 @@ def test_refine_views_variants_are_undone_and_refine_as_the_default(tiny_dir, mo
     import torch
 
     from tests.conftest import stage2_ring, tiny_guidance_cfg
-    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance, TwoStreamNoisePrediction
+    from threestudio.models.guidance.faceid_controlnet import FaceIDControlNetGuidance, noise_prediction
 
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import refine_views as bench
 
-    g = FaceIDControlNetGuidance(tiny_guidance_cfg(tiny_dir))
+    g = FaceIDControlNetGuidance({**tiny_guidance_cfg(tiny_dir), "controlnet_stream": False})  # as stage 2 runs
     g.load("cpu")
     r, inputs = stage2_ring(g)
     timings, outputs = bench.time_variants(r, *inputs, list(bench.VARIANTS), repeats=1)
-    assert list(timings) == ["ours_default", "ours_channels_last", "ours_cudnn_benchmark", "ours_one_stream"]
+    assert list(timings) == ["ours_default", "ours_channels_last", "ours_cudnn_benchmark", "ours_two_streams"]
     assert all(len(t["seconds"]) == 1 and t["finite"] and t["speedup_vs_default_best"] > 0 for t in timings.values())
     assert timings["ours_default"]["speedup_vs_default_best"] == 1.0
-    for name in ("ours_channels_last", "ours_cudnn_benchmark", "ours_one_stream"):
+    for name in ("ours_channels_last", "ours_cudnn_benchmark", "ours_two_streams"):
         torch.testing.assert_close(outputs[name], outputs["ours_default"], rtol=0, atol=1e-5)
-    # undone: contiguous weights again, cuDNN's search off, the two-part noise prediction back
+    # undone: contiguous weights again, cuDNN's search off, the one-piece noise prediction back
     assert g.unet.conv_in.weight.is_contiguous() and not torch.backends.cudnn.benchmark
-    assert isinstance(g._denoise, TwoStreamNoisePrediction)
+    assert g._denoise is noise_prediction
 
 
 def _trace(path, events):
