@@ -5,9 +5,13 @@ refinement against the naive reference order (one view at a time, as the referen
 and reports peak GPU memory of each. ``--variants`` also times our refinement with speed-only settings of the
 eager networks (the same math): ``channels_last`` (UNet, ControlNet and VAE weights and inputs in
 channels-last layout) and ``cudnn_benchmark`` (cuDNN times its convolution algorithms for each new
-shape and keeps the fastest), and ``two_streams`` (the ControlNet on a second CUDA stream beside the UNet's
-encoder half: ``controlnet_stream=true``; stage 2 runs one stream, as the default here), each run
-``--repeats`` times after one warm-up refinement of the default.
+shape and keeps the fastest), ``two_streams`` (the ControlNet on a second CUDA stream beside the UNet's
+encoder half: ``controlnet_stream=true``; stage 2 runs one stream, as the default here) and
+``decode_with_batch`` (each UNet batch's views VAE-decoded at once, inside the batch's memory
+measurement: the behaviour before the decodes were sized on their own), each run ``--repeats`` times
+after one warm-up refinement of the default. ``--cap-gb`` sizes the batches to a GPU memory budget as
+stage 2 does under ``system.max_gpu_memory_gb`` (the pipeline benchmark's 22 GiB cap), where the two
+ways of decoding differ.
 
     python -m threestudio.tiny --size sd15 --out /tmp/sd15
     python bench/refine_views.py --models /tmp/sd15 --template anny.npz --out r.json
@@ -42,6 +46,15 @@ def _cudnn_benchmark(g):
 
 
 @contextlib.contextmanager
+def _decode_with_batch(refiner):
+    before, refiner.decode_with_batch = refiner.decode_with_batch, True
+    try:
+        yield
+    finally:
+        refiner.decode_with_batch = before
+
+
+@contextlib.contextmanager
 def _two_streams(g):
     from threestudio.models.guidance.faceid_controlnet import TwoStreamNoisePrediction
 
@@ -54,27 +67,35 @@ def _two_streams(g):
 
 VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark, "two_streams": _two_streams}
 """Speed-only settings of the eager networks: context managers that take the guidance and hold the setting."""
+REFINER_VARIANTS = {"decode_with_batch": _decode_with_batch}
+"""Speed-only settings of the refiner itself: context managers that take the :class:`VCRRefiner`."""
 
 
-def time_variants(refiner, rgb, pose, text_cond, text_uncond, variants, repeats: int = 2, chunk: int = 0):
+def time_variants(refiner, rgb, pose, text_cond, text_uncond, variants, repeats: int = 2, chunk: int = 0, budget=None):
     """Time ``refiner.refine`` (a :class:`VCRRefiner`) with the default settings and with each of
-    ``variants`` (names in :data:`VARIANTS`), ``repeats`` refinements each, after one untimed warm-up
-    refinement; each setting holds for its own refinements only. Returns ``(timings, outputs)``: per name
-    ``{"seconds": [...], "finite": bool, "speedup_vs_default_best": float}`` and the last refined views
-    [n, H, W, 3] (to check that a speed-only setting refines as the default does)."""
+    ``variants`` (names in :data:`VARIANTS` or :data:`REFINER_VARIANTS`), ``repeats`` refinements each,
+    after one untimed warm-up refinement; each setting holds for its own refinements only; ``budget`` (a
+    :class:`~threestudio.utils.gpu.MemoryBudget` or None) sizes the batches as in stage 2. Returns
+    ``(timings, outputs)``: per name ``{"seconds": [...], "finite": bool, "speedup_vs_default_best": float}``
+    and the last refined views [n, H, W, 3] (to check that a speed-only setting refines as the default does)."""
     g = refiner.guidance
     cuda = g.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    timed = {"ours_default": contextlib.nullcontext, **{f"ours_{v}": VARIANTS[v] for v in variants}}
-    refiner.refine(rgb, pose, text_cond, text_uncond, chunk=chunk)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
+    timed = {"ours_default": lambda: contextlib.nullcontext()}
+    for v in variants:
+        timed[f"ours_{v}"] = (
+            (lambda v=v: REFINER_VARIANTS[v](refiner)) if v in REFINER_VARIANTS else (lambda v=v: VARIANTS[v](g))
+        )
+    kw = {"chunk": chunk, "budget": budget}
+    refiner.refine(rgb, pose, text_cond, text_uncond, **kw)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules
     timings, outputs = {}, {}
     for name, setting in timed.items():
         secs = []
-        with setting(g):
+        with setting():
             for _ in range(repeats):
                 sync()
                 t = time.perf_counter()
-                out = refiner.refine(rgb, pose, text_cond, text_uncond, chunk=chunk)
+                out = refiner.refine(rgb, pose, text_cond, text_uncond, **kw)
                 sync()
                 secs.append(time.perf_counter() - t)
         timings[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all())}
@@ -99,20 +120,34 @@ def main():
         help="comma list of speed-only settings to time as well: channels_last, cudnn_benchmark, two_streams",
     )
     ap.add_argument("--repeats", type=int, default=2, help="refinements per variant (the first includes its set-up)")
+    ap.add_argument(
+        "--cap-gb",
+        type=float,
+        default=0.0,
+        help="size the batches to this GPU memory budget, as stage 2 does under system.max_gpu_memory_gb (0 = no cap)",
+    )
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     variants = [v for v in a.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
+    known = {**VARIANTS, **REFINER_VARIANTS}
+    unknown = set(variants) - set(known)
     if unknown:
-        ap.error(f"unknown --variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+        ap.error(f"unknown --variants {sorted(unknown)}; choose from {sorted(known)}")
+    if a.cap_gb < 0:
+        ap.error(f"--cap-gb must be >= 0 (0 = no cap), got {a.cap_gb}")
     from threestudio.models.body.template import BodyTemplate
     from threestudio.models.geometry.gaussian_model import GaussianModel
     from threestudio.models.guidance.vcr import VCRRefiner
     from threestudio.models.renderers.gsplat_renderer import GsplatRenderer
     from threestudio.ops.camera import ring_cameras
     from threestudio.ops.openpose import skeleton_images
+    from threestudio.utils.gpu import MemoryBudget
 
     dev = torch.device("cuda")
+    budget = None
+    if a.cap_gb > 0:
+        budget = MemoryBudget(dev, a.cap_gb)
+        budget.apply()
     g = random_identity_guidance(a.models, dev, controlnet_stream=False)  # eager, one stream: as RefineSystem runs them
     tpl = BodyTemplate.load(a.template)
     geo = GaussianModel({"num_points": 100_000}).init_from_template(tpl).to(dev)
@@ -124,7 +159,9 @@ def main():
     tc, tu = torch.randn(a.views, 77, D, device=dev), torch.randn(a.views, 77, D, device=dev)
     r = VCRRefiner(g)
     res = {"benchmark": "refine_views", "views": a.views, "resolution": a.res, "ddim_steps": 8, "chunk": a.chunk}
-    for name, kw in (("ours_tier_batched", {"chunk": a.chunk}), ("reference_sequential", {"sequential": True})):
+    res["cap_gb"] = a.cap_gb
+    runs = (("ours_tier_batched", {"chunk": a.chunk, "budget": budget}), ("reference_sequential", {"sequential": True}))
+    for name, kw in runs:
         if name.startswith("reference") and a.skip_reference:
             continue
         torch.cuda.synchronize()
@@ -144,7 +181,7 @@ def main():
         res["speedup"] = res["reference_sequential"]["seconds"] / res["ours_tier_batched"]["seconds"]
     res.pop("ours_tier_batched_output", None)
     if variants:
-        res["variants"], _ = time_variants(r, rgb, pose, tc, tu, variants, a.repeats, a.chunk)
+        res["variants"], _ = time_variants(r, rgb, pose, tc, tu, variants, a.repeats, a.chunk, budget)
     emit(res, a.out)
 
 

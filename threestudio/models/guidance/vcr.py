@@ -1,6 +1,7 @@
 """Stage-2 view-consistent refinement (VCR, method §7): SDEdit of turntable renders with mutual
 attention and distance-guided attention fusion installed on the UNet's decoder self-attention
-layers, denoising the views tier by tier (primaries, keys, in-betweens), each tier as one batch.
+layers, denoising the views tier by tier (primaries, keys, in-betweens), each tier in as few batches
+as the memory budget allows.
 
 Fixes over the reference: the DDIM update uses the actual previous timestep of the custom grid
 (method §12.10); any multiple of 8 views; batched tiers instead of 32 sequential passes; the ControlNet
@@ -127,7 +128,21 @@ def install_vcr(unet, lam: float = 0.55) -> VCRContext:
 
 class VCRRefiner:
     """Runs VCR with a loaded :class:`FaceIDControlNetGuidance` (its UNet, ControlNet, VAE and
-    identity branches)."""
+    identity branches).
+
+    Under a limited memory budget the UNet batches and the VAE decodes are sized apart: a view's 1024²
+    decode needs about three times the memory of its two UNet rows at 128² latents (the decoder's last
+    up block holds 1024² × 256-channel activations), so decoding a whole UNet batch at once would cut
+    the UNet batches to a third. Each view is denoised and decoded on its own either way, so the
+    images are the same.
+
+    Attributes:
+        decode_with_batch: False (default): each UNet batch's latents are decoded in batches sized by
+            their own measurement. True: decoded whole, inside the UNet batch's measurement (the
+            previous behaviour, kept for ``bench/refine_views.py``).
+    """
+
+    decode_with_batch: bool = False
 
     def __init__(
         self,
@@ -182,8 +197,9 @@ class VCRRefiner:
             rgb, pose: [n, H, W, 3] renders and OpenPose images in [0, 1], ring order (n % 8 == 0);
                 any device (moved to the guidance device one batch at a time).
             text_cond, text_uncond: [n, 77, D] per-view prompt and negative-prompt embeddings.
-            chunk: views per UNet batch inside a tier; 0 = as many as ``budget`` allows (measured:
-                each tier's first batch is one view), or the whole tier without a limited budget.
+            chunk: views per UNet batch (and per VAE decode) inside a tier; 0 = as many as ``budget``
+                allows (measured: each tier's first UNet batch and the first decode are one view), or
+                the whole tier without a limited budget.
             sequential: one view at a time in the reference order (for tests/benchmarks).
             budget: GPU memory budget that sizes the batches (None or CPU: unlimited).
             on_refined: called with each batch's views and their refined images [k, H, W, 3] (on the
@@ -202,6 +218,7 @@ class VCRRefiner:
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn((1,) + z0.shape[1:], generator=gen).to(dev, z0.dtype)
         out = torch.zeros(n, *rgb.shape[1:3], 3)
+        decoding = BatchSizer(budget, fixed)  # one view's 1024² decode costs the same in every tier
         levels = tiers(n)
         anchors = len(levels[0]) + len(levels[1])
         store_per_view, stored = 0, 0
@@ -216,7 +233,15 @@ class VCRRefiner:
                     grp = tier[s : s + sizer.size(len(tier) - s, reserve=pending)]
                     before = budget.allocated() if budget is not None else 0
                     with sizer.track(len(grp)):
-                        out[grp] = self._denoise(grp, z0, noise, pose, text_cond, text_uncond).cpu()
+                        z = self._denoise(grp, z0, noise, pose, text_cond, text_uncond)
+                    if self.decode_with_batch:
+                        with sizer.track(len(grp)):
+                            out[grp] = self.decode(z).cpu()
+                    else:
+                        out[grp] = torch.cat(
+                            self._chunked(lambda sl, z=z: self.decode(z[sl]).cpu(), len(grp), decoding)
+                        )
+                    del z
                     if on_refined is not None:
                         on_refined(grp, out[grp])
                     if not between:
@@ -229,8 +254,8 @@ class VCRRefiner:
             self.ctx.store.clear()
         return out
 
-    def _denoise(self, grp: list[int], z0, noise, pose, text_cond, text_uncond) -> Tensor:
-        """SDEdit of the views ``grp`` (one batch of one tier) from t = grid[0] to 0, then decode."""
+    def _denoise(self, grp: list[int], z0, noise, pose, text_cond, text_uncond) -> Float[Tensor, "k 4 h w"]:
+        """SDEdit of the views ``grp`` (one batch of one tier) from t = grid[0] to 0: their clean latents."""
         guidance = self.guidance
         dev, ac = guidance.device, guidance.alphas_cumprod
         self.ctx.views = grp
@@ -250,4 +275,4 @@ class VCRRefiner:
             e = e_u + self.guidance_scale * (e_c - e_u)
             a_prev = ac[self.grid[k + 1]] if k + 1 < len(self.grid) else ac[0]
             z = ddim_step(z.float(), e, ac[t], a_prev).to(guidance.dtype)
-        return self.decode(z)
+        return z
