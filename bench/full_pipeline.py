@@ -195,6 +195,8 @@ def main():
             "timings_s": man.get("timings_s"),
             "step_ms": man.get("step_ms"),
         }
+        if man.get("compile_events"):
+            stages[f"stage{n}"]["compile_events"] = man["compile_events"]
     densify = [ln.strip() for ln in log if "densify/prune" in ln]
     res["stages"], res["densify_events"] = stages, densify
     res["initial_gaussians"] = 100_000

@@ -81,10 +81,14 @@ def test_compiled_once_then_loaded_by_a_new_process(tmp_path, backend, block):
     (out * up).sum().backward()  # the saved function carries its backward
     torch.testing.assert_close(x.grad, ref_grad)
 
+    assert [(e["name"], e["source"]) for e in first.events] == [(first.name, "compiled")]  # one signature
+    assert first.events[0]["prepare_s"] > 0 and first.events[0]["first_call_s"] >= 0
     x.grad = None
     again = _compiled(tmp_path, backend)
     out = again(block, x, 0.5)
     assert again.last_source == "disk" and len(_files(tmp_path)) == 1
+    again(block, x, 0.5)  # the same signature again: nothing prepared, no new event
+    assert [e["source"] for e in again.events] == ["disk"]
     torch.testing.assert_close(out, ref)
     (out * up).sum().backward()
     torch.testing.assert_close(x.grad, ref_grad)

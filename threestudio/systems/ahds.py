@@ -111,6 +111,7 @@ class AHDSSystem(GaussianSystem):
 
     def on_train_end(self) -> None:
         super().on_train_end()
+        self.write_manifest(compile_events=self.guidance.compile_events())  # before hand_over drops them
         self.guidance.hand_over()  # for stage 2 of run.sh's chain, which then loads nothing again
 
     # ------------------------------------------------------------------ training

@@ -46,6 +46,7 @@ import inspect
 import json
 import logging
 import sys
+import time
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -207,6 +208,9 @@ class DiskCompiled:
     Attributes:
         last_source: where the most recently prepared signature came from: ``"disk"`` (loaded),
             ``"compiled"`` (compiled and saved now) or ``"fallback"`` (plain ``torch.compile``).
+        events: one dict per prepared signature, in order: ``name``, ``source`` (as ``last_source``),
+            ``prepare_s`` (host seconds to load or compile it) and ``first_call_s`` (host seconds of its
+            first call: lazy kernel loading and launches; the GPU work is not waited for).
     """
 
     def __init__(
@@ -225,6 +229,7 @@ class DiskCompiled:
         self.last_source: str | None = None
         self._fns: dict[tuple, Callable] = {}
         self._fallback: Callable | None = None
+        self.events: list[dict] = []
 
     def clear(self) -> None:
         """Forget the prepared signatures (call after changing a module argument's attributes)."""
@@ -233,9 +238,21 @@ class DiskCompiled:
     def __call__(self, *args):
         key = (global_state(), *(_memory_key(a, i in self.dynamic_batch) for i, a in enumerate(args)))
         f = self._fns.get(key)
-        if f is None:
-            f = self._fns[key] = self._prepare(args)
-        return f(*args)
+        if f is not None:
+            return f(*args)
+        t0 = time.perf_counter()
+        f = self._fns[key] = self._prepare(args)
+        t1 = time.perf_counter()
+        out = f(*args)
+        self.events.append(
+            {
+                "name": self.name,
+                "source": self.last_source,
+                "prepare_s": round(t1 - t0, 3),
+                "first_call_s": round(time.perf_counter() - t1, 3),
+            }
+        )
+        return out
 
     def cache_key(self, args: tuple) -> dict:
         """What a compiled ``fn(*args)`` depends on besides the tensor values (module docstring); JSON."""

@@ -447,6 +447,10 @@ def test_controlnet_beside_the_unet_encoder_predicts_the_same_noise(tiny_dir, tm
         torch.testing.assert_close(compiled[0], ref[0])
         torch.testing.assert_close(compiled[1], ref[1])  # fewer rows: the same compiled functions
         assert g._denoise.last_source == source
+        # the manifest's compile_events: each part prepared once (one dynamic-row signature for both calls)
+        events = g.compile_events()
+        assert sorted(e["name"] for e in events) == ["controlnet-residuals", "unet-decode", "unet-encode"]
+        assert {e["source"] for e in events} == {source}
     assert sorted(p.name.split("-")[0] + "-" + p.name.split("-")[1] for p in (tmp_path / "aot").glob("*.bin")) == [
         "controlnet-residuals",
         "unet-decode",
@@ -477,6 +481,9 @@ def test_cuda_graph_replay_computes_the_same_sds_gradient(tiny_dir, tmp_path, mo
     assert len(opt._graphs) == graphs
     torch.testing.assert_close(again0, loss1, rtol=0, atol=0)
     assert opt._denoise.last_source == "compiled" and opt.vae.encoder.compiled.last_source == "compiled"
+    events = opt.compile_events()  # what the stage-1 manifest records as compile_events
+    assert [e["rows"] for e in events if e["name"] == "cuda-graph"] == [k[0][0] for k in opt._graphs]
+    assert {e["source"] for e in events if e["name"] != "cuda-graph"} == {"compiled"}
     torch._dynamo.reset()  # as a new process: the compiled networks come from the disk cache
     again = FaceIDControlNetGuidance(opt.cfg)
     again.load("cuda")

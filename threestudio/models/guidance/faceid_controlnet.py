@@ -11,6 +11,7 @@ the CLIP crop is RGB; the timestep schedule follows the configured step count.
 from __future__ import annotations
 
 import importlib.util
+import time
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -490,6 +491,27 @@ class FaceIDControlNetGuidance(BaseObject):
         self.reused = False
         """Whether :meth:`load` took the networks an earlier stage handed over (:meth:`hand_over`)."""
         self._identity_of = None
+        self._capture_events: list[dict] = []
+
+    def compile_events(self) -> list[dict]:
+        """What the compiled functions and CUDA graphs cost so far, in host seconds (the stage-1
+        manifest's ``compile_events``): the compiled VAE encoder's and noise-prediction parts' prepared
+        signatures (:attr:`~threestudio.utils.aot.DiskCompiled.events`: loaded or compiled, first call),
+        then one ``{"name": "cuda-graph", "rows": n, "s": ...}`` per captured noise prediction (its two
+        warm-up runs and the capture). Empty while eager and uncaptured."""
+        parts = [getattr(getattr(self, "vae", None), "encoder", None), self._denoise_parts()]
+        events = []
+        for p in [parts[0], *parts[1]]:
+            p = p.compiled if isinstance(p, DiskCompiledModule) else p
+            if isinstance(p, DiskCompiled):
+                events += p.events
+        return events + list(self._capture_events)
+
+    def _denoise_parts(self) -> list:
+        d = getattr(self, "_denoise", None)
+        if isinstance(d, TwoStreamNoisePrediction):
+            return [d.control, d.encode, d.decode]
+        return [d]
 
     def load(self, device: torch.device | str) -> None:
         """Load every network onto ``device`` (frozen, eval).
@@ -747,6 +769,7 @@ class FaceIDControlNetGuidance(BaseObject):
         )
         inputs = [latents_t, t, text, pose, *views]
         if key not in self._graphs:
+            began = time.perf_counter()
             static = [x.clone() for x in inputs]
 
             def run():
@@ -764,6 +787,9 @@ class FaceIDControlNetGuidance(BaseObject):
             with torch.cuda.graph(graph, pool=self._graph_pool):
                 out = run()
             self._graphs[key] = (graph, static, out)
+            self._capture_events.append(
+                {"name": "cuda-graph", "rows": int(latents_t.shape[0]), "s": round(time.perf_counter() - began, 3)}
+            )
         graph, static, out = self._graphs[key]
         for buf, x in zip(static, inputs, strict=True):
             buf.copy_(x)
