@@ -45,6 +45,45 @@ def test_batch_sizer_measures_first_then_fills():
     assert s.size(24, reserve=7 * GIB) == int((0.9 * 16 - 7) / 2)
     assert BatchSizer(b, fixed=3).size(24) == 3 and BatchSizer(b, fixed=3).size(2) == 2
     assert BatchSizer(None).size(24) == 24 and BatchSizer(MemoryBudget("cpu")).size(7) == 7
+    s.most = 3  # after a batch ran out of memory (attempt): never more than that
+    assert s.size(24) == 3 and s.size(2) == 2
+
+
+def test_an_unmeasured_batch_is_never_retried():
+    """``attempt`` hands back the result, and re-raises what it may not retry: without a limited budget
+    (CPU) an out-of-memory error is the caller's, as is any other error."""
+    assert BatchSizer(None).attempt(4, lambda: "done") == (True, "done")
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        BatchSizer(MemoryBudget("cpu")).attempt(4, oom)
+    with pytest.raises(ValueError):
+        BatchSizer(None).attempt(4, lambda: int("x"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_batch_that_runs_out_of_memory_is_retried_smaller():
+    """Under a real cap, a batch too big for it comes back ``(False, None)`` with later sizes capped at
+    half of it, and the smaller batch then runs."""
+    dev = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.empty_cache()
+    b = MemoryBudget(dev, (torch.cuda.memory_reserved(dev) + GIB) / GIB)
+    b.apply()
+    try:
+        s = BatchSizer(b)
+        chunk = 400 * 2**20
+
+        def batch(n):
+            return lambda: torch.empty(n * chunk, dtype=torch.uint8, device=dev)
+
+        assert s.attempt(3, batch(3)) == (False, None) and s.most == 1
+        done, x = s.attempt(1, batch(1))
+        assert done and x.numel() == chunk and s.per_item >= chunk
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
 
 
 def test_oom_detection_and_message(tmp_path):

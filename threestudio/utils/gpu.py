@@ -12,10 +12,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 GIB = 2**30
 
@@ -158,6 +163,8 @@ class BatchSizer:
         self.budget, self.fixed = budget, int(fixed)
         self.per_item = 0
         """Measured peak bytes of one item (0 = not measured yet)."""
+        self.most = 0
+        """Upper bound on later batches once one ran out of memory (:meth:`attempt`; 0 = none)."""
 
     @property
     def measuring(self) -> bool:
@@ -171,7 +178,25 @@ class BatchSizer:
             return remaining
         if self.per_item == 0:
             return 1
-        return self.budget.fit(self.per_item, remaining, reserve)
+        size = self.budget.fit(self.per_item, remaining, reserve)
+        return min(size, self.most) if self.most else size
+
+    def attempt(self, n_items: int, fn: Callable[[], Any]) -> tuple[bool, Any]:
+        """``fn()`` for a batch of ``n_items`` inside :meth:`track`: ``(True, result)``. When a measured
+        batch of more than one item runs out of CUDA memory (the one-item measurement underestimated a
+        larger batch, e.g. through allocator fragmentation), later batches are capped at half of it and
+        ``(False, None)`` comes back: the caller runs the same items again with :meth:`size`. ``fn``
+        must be safe to run again. Re-raises for one item, a fixed size or no budget."""
+        try:
+            with self.track(n_items):
+                return True, fn()
+        except Exception as e:
+            if not (self.measuring and n_items > 1 and is_out_of_memory(e)):
+                raise
+        self.most = max(1, n_items // 2)
+        torch.cuda.empty_cache()
+        log.warning("a batch of %d items ran out of GPU memory; retrying with at most %d", n_items, self.most)
+        return False, None
 
     @contextlib.contextmanager
     def track(self, n_items: int):
@@ -181,6 +206,9 @@ class BatchSizer:
             return
         dev = self.budget.device
         self.budget.note_peak()  # keep the process peak before the statistics are reset
+        # the cap is on reserved memory, the sizes on allocated: give cached blocks back so that this
+        # batch's large tensors get fresh segments instead of failing on fragmented cached ones
+        torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         yield

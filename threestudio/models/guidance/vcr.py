@@ -174,9 +174,10 @@ class VCRRefiner:
         outs, s = [], 0
         while s < n:
             size = sizer.size(n - s)
-            with sizer.track(size):
-                outs.append(fn(slice(s, s + size)))
-            s += size
+            done, out = sizer.attempt(size, lambda: fn(slice(s, s + size)))  # noqa: B023 - called at once
+            if done:
+                outs.append(out)
+                s += size
         return outs
 
     @torch.no_grad()
@@ -232,8 +233,12 @@ class VCRRefiner:
                     pending = 0 if between else (anchors - stored) * store_per_view
                     grp = tier[s : s + sizer.size(len(tier) - s, reserve=pending)]
                     before = budget.allocated() if budget is not None else 0
-                    with sizer.track(len(grp)):
-                        z = self._denoise(grp, z0, noise, pose, text_cond, text_uncond)
+                    done, z = sizer.attempt(
+                        len(grp),
+                        lambda: self._denoise(grp, z0, noise, pose, text_cond, text_uncond),  # noqa: B023
+                    )
+                    if not done:  # out of memory: the same views again in smaller batches
+                        continue
                     if self.decode_with_batch:
                         with sizer.track(len(grp)):
                             out[grp] = self.decode(z).cpu()
