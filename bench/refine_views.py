@@ -98,7 +98,7 @@ def time_variants(refiner, rgb, pose, text_cond, text_uncond, variants, repeats:
                 out = refiner.refine(rgb, pose, text_cond, text_uncond, **kw)
                 sync()
                 secs.append(time.perf_counter() - t)
-        timings[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all())}
+        timings[name] = {"seconds": secs, "finite": bool(torch.isfinite(out).all()), "batches": list(refiner.batches)}
         outputs[name] = out
     base = min(timings["ours_default"]["seconds"])
     for v in timings.values():
@@ -173,6 +173,7 @@ def main():
             "seconds": time.perf_counter() - t,
             "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
             "finite": bool(torch.isfinite(out).all()),
+            "batches": list(r.batches),
         }
         res[name + "_output"] = out.cpu()
     if "reference_sequential" in res:

@@ -140,6 +140,8 @@ class VCRRefiner:
         decode_with_batch: False (default): each UNet batch's latents are decoded in batches sized by
             their own measurement. True: decoded whole, inside the UNet batch's measurement (the
             previous behaviour, kept for ``bench/refine_views.py``).
+        batches: the last :meth:`refine`'s batches in order, ``[what, views]`` with ``what`` one of
+            ``encode``, ``unet`` (one batch of a tier, all its DDIM steps), ``decode``.
     """
 
     decode_with_batch: bool = False
@@ -156,6 +158,7 @@ class VCRRefiner:
     ):
         self.guidance, self.guidance_scale, self.grid, self.seed = guidance, guidance_scale, list(grid), seed
         self.ctx = install_vcr(guidance.unet, lam)
+        self.batches: list[list] = []
         guidance.set_ip_adapter_scale(ip_adapter_scale, ip_adapter_shortcut_scale)
 
     @torch.no_grad()
@@ -169,14 +172,15 @@ class VCRRefiner:
         """Images in [0, 1]; a non-finite fp16 decode (VAE overflow) is redone in fp32."""
         return self.guidance.decode_latents(z)
 
-    def _chunked(self, fn, n: int, sizer: BatchSizer) -> list:
-        """``fn(slice)`` over 0..n-1 in batches sized by ``sizer``."""
+    def _chunked(self, fn, n: int, sizer: BatchSizer, what: str) -> list:
+        """``fn(slice)`` over 0..n-1 in batches sized by ``sizer`` (recorded in :attr:`batches` as ``what``)."""
         outs, s = [], 0
         while s < n:
             size = sizer.size(n - s)
             done, out = sizer.attempt(size, lambda: fn(slice(s, s + size)))  # noqa: B023 - called at once
             if done:
                 outs.append(out)
+                self.batches.append([what, size])
                 s += size
         return outs
 
@@ -215,7 +219,8 @@ class VCRRefiner:
         self.ctx.store.clear()
         self.ctx.weights.clear()
         fixed = 1 if sequential else chunk
-        z0 = torch.cat(self._chunked(lambda sl: self.encode(rgb[sl]), n, BatchSizer(budget, fixed)))
+        self.batches = []
+        z0 = torch.cat(self._chunked(lambda sl: self.encode(rgb[sl]), n, BatchSizer(budget, fixed), "encode"))
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         noise = torch.randn((1,) + z0.shape[1:], generator=gen).to(dev, z0.dtype)
         out = torch.zeros(n, *rgb.shape[1:3], 3)
@@ -239,12 +244,14 @@ class VCRRefiner:
                     )
                     if not done:  # out of memory: the same views again in smaller batches
                         continue
+                    self.batches.append(["unet", len(grp)])
                     if self.decode_with_batch:
                         with sizer.track(len(grp)):
                             out[grp] = self.decode(z).cpu()
+                        self.batches.append(["decode", len(grp)])
                     else:
                         out[grp] = torch.cat(
-                            self._chunked(lambda sl, z=z: self.decode(z[sl]).cpu(), len(grp), decoding)
+                            self._chunked(lambda sl, z=z: self.decode(z[sl]).cpu(), len(grp), decoding, "decode")
                         )
                     del z
                     if on_refined is not None:
