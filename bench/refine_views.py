@@ -7,8 +7,8 @@ eager networks (the same math): ``channels_last`` (UNet, ControlNet and VAE weig
 channels-last layout) and ``cudnn_benchmark`` (cuDNN times its convolution algorithms for each new
 shape and keeps the fastest), ``two_streams`` (the ControlNet on a second CUDA stream beside the UNet's
 encoder half: ``controlnet_stream=true``; stage 2 runs one stream, as the default here) and
-``decode_with_batch`` (each UNet batch's views VAE-decoded at once, inside the batch's memory
-measurement: the behaviour before the decodes were sized on their own), each run ``--repeats`` times
+``decode_apart`` (each UNet batch's views VAE-decoded in batches sized on their own instead of at
+once: ``system.decode_apart=true``, larger UNet batches under a budget), each run ``--repeats`` times
 after one warm-up refinement of the default. ``--cap-gb`` sizes the batches to a GPU memory budget as
 stage 2 does under ``system.max_gpu_memory_gb`` (the pipeline benchmark's 22 GiB cap), where the two
 ways of decoding differ.
@@ -46,12 +46,12 @@ def _cudnn_benchmark(g):
 
 
 @contextlib.contextmanager
-def _decode_with_batch(refiner):
-    before, refiner.decode_with_batch = refiner.decode_with_batch, True
+def _decode_apart(refiner):
+    before, refiner.decode_apart = refiner.decode_apart, True
     try:
         yield
     finally:
-        refiner.decode_with_batch = before
+        refiner.decode_apart = before
 
 
 @contextlib.contextmanager
@@ -67,7 +67,7 @@ def _two_streams(g):
 
 VARIANTS = {"channels_last": _channels_last, "cudnn_benchmark": _cudnn_benchmark, "two_streams": _two_streams}
 """Speed-only settings of the eager networks: context managers that take the guidance and hold the setting."""
-REFINER_VARIANTS = {"decode_with_batch": _decode_with_batch}
+REFINER_VARIANTS = {"decode_apart": _decode_apart}
 """Speed-only settings of the refiner itself: context managers that take the :class:`VCRRefiner`."""
 
 

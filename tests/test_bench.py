@@ -71,17 +71,17 @@ def test_refine_views_variants_are_undone_and_refine_as_the_default(tiny_dir, mo
         "ours_channels_last",
         "ours_cudnn_benchmark",
         "ours_two_streams",
-        "ours_decode_with_batch",
+        "ours_decode_apart",
     ]
     assert all(len(t["seconds"]) == 1 and t["finite"] and t["speedup_vs_default_best"] > 0 for t in timings.values())
     assert timings["ours_default"]["speedup_vs_default_best"] == 1.0
     for name in ("ours_channels_last", "ours_cudnn_benchmark", "ours_two_streams"):
         torch.testing.assert_close(outputs[name], outputs["ours_default"], rtol=0, atol=1e-5)
     # decoding each batch whole or in its own batches: the same decode of the same latents, view by view
-    torch.testing.assert_close(outputs["ours_decode_with_batch"], outputs["ours_default"], rtol=0, atol=0)
+    torch.testing.assert_close(outputs["ours_decode_apart"], outputs["ours_default"], rtol=0, atol=0)
     # undone: contiguous weights again, cuDNN's search off, the one-piece noise prediction back, own decodes
     assert g.unet.conv_in.weight.is_contiguous() and not torch.backends.cudnn.benchmark
-    assert g._denoise is noise_prediction and not r.decode_with_batch
+    assert g._denoise is noise_prediction and not r.decode_apart
 
 
 def _trace(path, events):

@@ -72,6 +72,10 @@ class RefineSystem(BaseSystem):
         first view of each tier), the whole tier on the CPU."""
         seed: int = 2024
         """Seed of the SDEdit noise (one noise map shared by all views)."""
+        decode_apart: bool = False
+        """VAE-decode each UNet batch in decode batches sized on their own instead of at once, so that a
+        memory budget allows larger UNet batches (the same images; :class:`VCRRefiner`). Experimental:
+        not yet timed on a GPU."""
 
     @classmethod
     def preflight(cls, cfg: dict | DictConfig, mode: str):
@@ -140,7 +144,13 @@ class RefineSystem(BaseSystem):
         text = prompt_processor.refine_prompts(view_roles(c.n_views), device)
         clock.lap("prompts")
         refiner = VCRRefiner(
-            guidance, c.lambda_fusion, c.guidance_scale, c.ip_adapter_scale, c.ip_adapter_shortcut_scale, seed=c.seed
+            guidance,
+            c.lambda_fusion,
+            c.guidance_scale,
+            c.ip_adapter_scale,
+            c.ip_adapter_shortcut_scale,
+            seed=c.seed,
+            decode_apart=c.decode_apart,
         )
         # 3 PNGs per view, encoded in parallel; the renders and skeletons while the GPU refines (the
         # refinement only reads rgb and pose)

@@ -130,21 +130,22 @@ class VCRRefiner:
     """Runs VCR with a loaded :class:`FaceIDControlNetGuidance` (its UNet, ControlNet, VAE and
     identity branches).
 
-    Under a limited memory budget the UNet batches and the VAE decodes are sized apart: a view's 1024²
-    decode needs about three times the memory of its two UNet rows at 128² latents (the decoder's last
-    up block holds 1024² × 256-channel activations), so decoding a whole UNet batch at once would cut
-    the UNet batches to a third. Each view is denoised and decoded on its own either way, so the
-    images are the same.
+    Each UNet batch's latents are VAE-decoded at once, inside the batch's memory measurement, unless
+    ``decode_apart``.
 
     Attributes:
-        decode_with_batch: False (default): each UNet batch's latents are decoded in batches sized by
-            their own measurement. True: decoded whole, inside the UNet batch's measurement (the
-            previous behaviour, kept for ``bench/refine_views.py``).
+        decode_apart: False (default): as above. True: decoded in batches measured on their own. A
+            view's 1024² decode needs about three times the memory of its two UNet rows at 128²
+            latents (estimated: the decoder's last up block holds 1024² × 256-channel activations), so
+            under a budget the UNet batches can then be about three times larger. Each view is denoised
+            and decoded on its own either way, so the images are the same. Opt-in until timed on a GPU:
+            its one GPU run (before the fragmentation fix in :meth:`BatchSizer.attempt`) ran out of
+            memory under a 22 GiB cap.
         batches: the last :meth:`refine`'s batches in order, ``[what, views]`` with ``what`` one of
             ``encode``, ``unet`` (one batch of a tier, all its DDIM steps), ``decode``.
     """
 
-    decode_with_batch: bool = False
+    decode_apart: bool = False
 
     def __init__(
         self,
@@ -155,8 +156,10 @@ class VCRRefiner:
         ip_adapter_shortcut_scale: float = 0.5,
         grid=SDEDIT_GRID,
         seed: int = 2024,
+        decode_apart: bool = False,
     ):
         self.guidance, self.guidance_scale, self.grid, self.seed = guidance, guidance_scale, list(grid), seed
+        self.decode_apart = bool(decode_apart)
         self.ctx = install_vcr(guidance.unet, lam)
         self.batches: list[list] = []
         guidance.set_ip_adapter_scale(ip_adapter_scale, ip_adapter_shortcut_scale)
@@ -203,8 +206,8 @@ class VCRRefiner:
                 any device (moved to the guidance device one batch at a time).
             text_cond, text_uncond: [n, 77, D] per-view prompt and negative-prompt embeddings.
             chunk: views per UNet batch (and per VAE decode) inside a tier; 0 = as many as ``budget``
-                allows (measured: each tier's first UNet batch and the first decode are one view), or
-                the whole tier without a limited budget.
+                allows (measured: each tier's first UNet batch, and with ``decode_apart`` the first
+                decode, are one view), or the whole tier without a limited budget.
             sequential: one view at a time in the reference order (for tests/benchmarks).
             budget: GPU memory budget that sizes the batches (None or CPU: unlimited).
             on_refined: called with each batch's views and their refined images [k, H, W, 3] (on the
@@ -245,7 +248,7 @@ class VCRRefiner:
                     if not done:  # out of memory: the same views again in smaller batches
                         continue
                     self.batches.append(["unet", len(grp)])
-                    if self.decode_with_batch:
+                    if not self.decode_apart:
                         with sizer.track(len(grp)):
                             out[grp] = self.decode(z).cpu()
                         self.batches.append(["decode", len(grp)])
