@@ -145,8 +145,6 @@ class VCRRefiner:
             ``encode``, ``unet`` (one batch of a tier, all its DDIM steps), ``decode``.
     """
 
-    decode_apart: bool = False
-
     def __init__(
         self,
         guidance,
@@ -241,22 +239,23 @@ class VCRRefiner:
                     pending = 0 if between else (anchors - stored) * store_per_view
                     grp = tier[s : s + sizer.size(len(tier) - s, reserve=pending)]
                     before = budget.allocated() if budget is not None else 0
-                    done, z = sizer.attempt(
-                        len(grp),
-                        lambda: self._denoise(grp, z0, noise, pose, text_cond, text_uncond),  # noqa: B023
-                    )
+
+                    def batch(grp=grp):  # its latents, or (default) their decoded images, in one measurement
+                        z = self._denoise(grp, z0, noise, pose, text_cond, text_uncond)
+                        return z if self.decode_apart else self.decode(z).cpu()
+
+                    done, res = sizer.attempt(len(grp), batch)
                     if not done:  # out of memory: the same views again in smaller batches
                         continue
                     self.batches.append(["unet", len(grp)])
-                    if not self.decode_apart:
-                        with sizer.track(len(grp)):
-                            out[grp] = self.decode(z).cpu()
-                        self.batches.append(["decode", len(grp)])
-                    else:
-                        out[grp] = torch.cat(
-                            self._chunked(lambda sl, z=z: self.decode(z[sl]).cpu(), len(grp), decoding, "decode")
+                    if self.decode_apart:
+                        res = torch.cat(
+                            self._chunked(lambda sl, z=res: self.decode(z[sl]).cpu(), len(grp), decoding, "decode")
                         )
-                    del z
+                    else:
+                        self.batches.append(["decode", len(grp)])
+                    out[grp] = res
+                    del res
                     if on_refined is not None:
                         on_refined(grp, out[grp])
                     if not between:
