@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 
 import torch
@@ -81,10 +82,12 @@ def time_variants(refiner, rgb, pose, text_cond, text_uncond, variants, repeats:
     g = refiner.guidance
     cuda = g.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    timed = {"ours_default": lambda: contextlib.nullcontext()}
-    for v in variants:
+    timed = {"ours_default": contextlib.nullcontext}
+    for v in variants:  # a setting of the refiner takes the refiner, one of the networks the guidance
         timed[f"ours_{v}"] = (
-            (lambda v=v: REFINER_VARIANTS[v](refiner)) if v in REFINER_VARIANTS else (lambda v=v: VARIANTS[v](g))
+            functools.partial(REFINER_VARIANTS[v], refiner)
+            if v in REFINER_VARIANTS
+            else functools.partial(VARIANTS[v], g)
         )
     kw = {"chunk": chunk, "budget": budget}
     refiner.refine(rgb, pose, text_cond, text_uncond, **kw)  # warm-up: cuDNN/cuBLAS plans, lazy CUDA modules

@@ -183,9 +183,15 @@ class TwoStreamNoisePrediction:
     def _compiled(self, fn, name: str, rows: tuple[int, ...]) -> DiskCompiled:
         return DiskCompiled(fn, name, DYNAMIC_ROWS_OPTIONS, backend=self.backend, dynamic_batch=rows)
 
+    @property
+    def parts(self) -> tuple:
+        """The ControlNet, UNet-encoder and UNet-decoder parts (functions, or :class:`DiskCompiled` ones;
+        the decoder part is None until the first compiled call)."""
+        return self.control, self.encode, self.decode
+
     def clear(self) -> None:
         """Forget the compiled signatures (after a module attribute such as an IP-Adapter scale changed)."""
-        for part in (self.control, self.encode, self.decode):
+        for part in self.parts:
             if isinstance(part, DiskCompiled):
                 part.clear()
 
@@ -194,7 +200,7 @@ class TwoStreamNoisePrediction:
         """Where the compiled parts' last prepared signatures came from (:attr:`DiskCompiled.last_source`:
         ``disk``, ``compiled`` or ``fallback``; several joined by ``+`` when they differ), None if eager
         or not called yet."""
-        parts = [p.last_source for p in (self.control, self.encode, self.decode) if isinstance(p, DiskCompiled)]
+        parts = [p.last_source for p in self.parts if isinstance(p, DiskCompiled)]
         if not parts or None in parts:
             return None
         return "+".join(sorted(set(parts)))
@@ -499,19 +505,14 @@ class FaceIDControlNetGuidance(BaseObject):
         signatures (:attr:`~threestudio.utils.aot.DiskCompiled.events`: loaded or compiled, first call),
         then one ``{"name": "cuda-graph", "rows": n, "s": ...}`` per captured noise prediction (its two
         warm-up runs and the capture). Empty while eager and uncaptured."""
-        parts = [getattr(getattr(self, "vae", None), "encoder", None), self._denoise_parts()]
+        encoder = getattr(getattr(self, "vae", None), "encoder", None)
+        denoise = getattr(self, "_denoise", None)
+        parts = denoise.parts if isinstance(denoise, TwoStreamNoisePrediction) else (denoise,)
         events = []
-        for p in [parts[0], *parts[1]]:
-            p = p.compiled if isinstance(p, DiskCompiledModule) else p
+        for p in (encoder.compiled if isinstance(encoder, DiskCompiledModule) else encoder, *parts):
             if isinstance(p, DiskCompiled):
                 events += p.events
         return events + list(self._capture_events)
-
-    def _denoise_parts(self) -> list:
-        d = getattr(self, "_denoise", None)
-        if isinstance(d, TwoStreamNoisePrediction):
-            return [d.control, d.encode, d.decode]
-        return [d]
 
     def load(self, device: torch.device | str) -> None:
         """Load every network onto ``device`` (frozen, eval).
