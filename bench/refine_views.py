@@ -120,7 +120,8 @@ def main():
     ap.add_argument(
         "--variants",
         default="",
-        help="comma list of speed-only settings to time as well: " + ", ".join(sorted({**VARIANTS, **REFINER_VARIANTS})),
+        help="comma list of speed-only settings to time as well: "
+        + ", ".join(sorted({**VARIANTS, **REFINER_VARIANTS})),
     )
     ap.add_argument("--repeats", type=int, default=2, help="refinements per variant (the first includes its set-up)")
     ap.add_argument(
