@@ -185,8 +185,9 @@ class BatchSizer:
         """``fn()`` for a batch of ``n_items`` inside :meth:`track`: ``(True, result)``. When a measured
         batch of more than one item runs out of CUDA memory (the one-item measurement underestimated a
         larger batch, e.g. through allocator fragmentation), later batches are capped at half of it and
-        ``(False, None)`` comes back: the caller runs the same items again with :meth:`size`. ``fn``
-        must be safe to run again. Re-raises for one item, a fixed size or no budget."""
+        ``(False, None)`` comes back: the caller runs the same items again with :meth:`size` (the retry's
+        :meth:`track` gives the failed batch's cached blocks back). ``fn`` must be safe to run again.
+        Re-raises for one item, a fixed size or no budget."""
         try:
             with self.track(n_items):
                 return True, fn()
@@ -194,7 +195,6 @@ class BatchSizer:
             if not (self.measuring and n_items > 1 and is_out_of_memory(e)):
                 raise
         self.most = max(1, n_items // 2)
-        torch.cuda.empty_cache()
         log.warning("a batch of %d items ran out of GPU memory; retrying with at most %d", n_items, self.most)
         return False, None
 
