@@ -138,9 +138,11 @@ class VCRRefiner:
             view's 1024² decode needs about three times the memory of its two UNet rows at 128²
             latents (estimated: the decoder's last up block holds 1024² × 256-channel activations), so
             under a budget the UNet batches can then be about three times larger. Each view is denoised
-            and decoded on its own either way, so the images are the same. Opt-in until timed on a GPU:
-            its one GPU run (before the fragmentation fix in :meth:`BatchSizer.attempt`) ran out of
-            memory under a 22 GiB cap.
+            and decoded on its own either way, so the images are the same. Opt-in because it was
+            slower: on an H100 under a 22 GiB cap the last tier's UNet batches grew from 4 to 7 views,
+            the first of them ran out of memory and was run again smaller (:meth:`BatchSizer.attempt`),
+            and the refinement took 24.6 s against 22.4 s for the default
+            (``bench/results/refine_views_h100_cap22_decode_apart.json``).
         batches: the last :meth:`refine`'s batches in order, ``[what, views]`` with ``what`` one of
             ``encode``, ``unet`` (one batch of a tier, all its DDIM steps), ``decode``.
     """
