@@ -194,6 +194,7 @@ def main():
             "num_gaussians": man.get("num_gaussians"),
             "timings_s": man.get("timings_s"),
             "step_ms": man.get("step_ms"),
+            "turntable_encode_s": man.get("turntable_encode_s"),
         }
         if man.get("compile_events"):
             stages[f"stage{n}"]["compile_events"] = man["compile_events"]

@@ -4,6 +4,7 @@ The subprocess end-to-end runs of the CLIs are in ``test_run_sh.py``."""
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,8 @@ def test_stage1_smoke_resume_and_export_with_specular(tiny_dir, tmp_path, capsys
     assert params["means"].shape[0] == man["num_gaussians"] and "spec_31" in extra
     assert (trial / "save/avatar.specular.safetensors").is_file()
     assert (trial / "configs/parsed.yaml").is_file() and (trial / "ckpts/last.ckpt").is_file()
+    # last.ckpt links to the newest step checkpoint (relative: the trial folder can move) instead of a copy
+    assert (trial / "ckpts/last.ckpt").readlink() == Path("step4.ckpt")
     import imageio.v3 as iio
 
     frames = iio.imread(trial / "save/turntable.mp4")
@@ -241,6 +244,7 @@ def test_chained_launches_run_in_order_and_stop_at_the_first_failure(tiny_dir, t
         man = json.loads((trial / "manifest.json").read_text())
         assert man["step"] == steps and man["step_ms"]["steps"] == steps and man["step_ms"]["median"] > 0
         assert man["turntable"] == "save/turntable.mp4" and (trial / "save" / "turntable.mp4").stat().st_size > 0
+        assert man["turntable_encode_s"] > 0  # the encoding's own seconds, on the writer thread
     # a data-parallel launch needs its own process (Lightning starts its ranks from it): refused, nothing
     # written; the stage before it in the chain still gets its turntable video
     ddp = tiny_stage1_args(tmp_path / "c", steps=2) + ["trainer.devices=2", "data.batch_size=2"]

@@ -430,7 +430,7 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         frames = self._test_frames
         if frames:  # rank 0 only (test_step); encoded while the avatar PLY is written (_finish_turntable)
             self._turntable = self._writer.submit_detached(
-                save_video, self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps
+                _timed, save_video, self.save_path("turntable.mp4"), frames, fps=self.cfg.turntable_fps
             )
         self._test_frames = []
         self.export()
@@ -478,8 +478,18 @@ class GaussianSystem(BaseSystem, pl.LightningModule):
         self._pending_manifest = {}
 
 
+def _timed(fn, *args, **kwargs) -> float:
+    """``fn(*args, **kwargs)``; returns its wall seconds (e.g. the turntable's encoding on the writer thread)."""
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
 def _record_when_written(future, trial_dir: Path, **entries) -> None:
-    """Wait for a detached write (re-raising its error), then merge ``entries`` into the manifest. It
-    holds the future and the paths only, not the system, so a finished stage's tensors can go."""
-    future.result()
+    """Wait for a detached write (re-raising its error), then merge ``entries`` into the manifest, with
+    ``turntable_encode_s`` (the write's own seconds, from :func:`_timed`). It holds the future and the
+    paths only, not the system, so a finished stage's tensors can go."""
+    seconds = future.result()
+    if isinstance(seconds, float):
+        entries["turntable_encode_s"] = round(seconds, 2)
     write_manifest(trial_dir, **entries)
