@@ -59,6 +59,16 @@ def _files(tmp_path):
     return sorted(p.name for p in tmp_path.glob("block-*.bin"))
 
 
+def _eager_reference(block):
+    """An input x (requires grad), an output gradient ``up``, and the eager ``block_fn`` output and input gradient."""
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    up = torch.randn(2, 8, 8, 8)
+    ref = block_fn(block, x, 0.5)
+    (ref * up).sum().backward()
+    ref_grad, x.grad = x.grad.clone(), None
+    return x, up, ref, ref_grad
+
+
 @pytest.fixture
 def block():
     torch.manual_seed(0)
@@ -66,11 +76,7 @@ def block():
 
 
 def test_compiled_once_then_loaded_by_a_new_process(tmp_path, backend, block):
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    up = torch.randn(2, 8, 8, 8)
-    ref = block_fn(block, x, 0.5)
-    (ref * up).sum().backward()
-    ref_grad, x.grad = x.grad.clone(), None
+    x, up, ref, ref_grad = _eager_reference(block)
 
     first = _compiled(tmp_path, backend)
     out = first(block, x, 0.5)
@@ -181,11 +187,7 @@ def test_prefetch_loads_the_last_prepared_file_on_a_thread(tmp_path, backend, bl
     file the last run prepared (its ``.recent`` hint), with the same numbers and gradient; a hint of
     another signature's file is dropped and the call prepares its own; a hint that names a file
     outside the cache directory is ignored."""
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    up = torch.randn(2, 8, 8, 8)
-    ref = block_fn(block, x, 0.5)
-    (ref * up).sum().backward()
-    ref_grad, x.grad = x.grad.clone(), None
+    x, up, ref, ref_grad = _eager_reference(block)
     first = _compiled(tmp_path, backend)
     first(block, x, 0.5)
     (path,) = tmp_path.glob("block-*.bin")

@@ -81,7 +81,8 @@ class TrainerConfig:
 @dataclass
 class CheckpointConfig:
     every_n_train_steps: int = 500
-    """Save ``ckpts/last.ckpt`` (Gaussians + optimiser state) this often and at the end."""
+    """Save ``ckpts/step<N>.ckpt`` (Gaussians + optimiser state) this often and at the end;
+    ``ckpts/last.ckpt`` is a relative symbolic link to the newest."""
 
 
 @dataclass
