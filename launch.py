@@ -153,15 +153,11 @@ def freeze_imported_objects() -> None:
 
 def release_gpu_memory() -> None:
     """Free what a finished launch left on the GPU before the next one of a chain: compiled code (it holds
-    the stage's networks, and any prefetched function no call took), cached allocator blocks, and the
-    peak statistics each stage reports."""
+    the stage's networks), cached allocator blocks, and the peak statistics each stage reports."""
     import gc
 
     import torch
 
-    from threestudio.utils.aot import discard_prefetched
-
-    discard_prefetched()  # compiled functions loaded ahead for a call that never came
     if "torch._dynamo" in sys.modules:
         torch._dynamo.reset()
     gc.collect()

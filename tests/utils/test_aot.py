@@ -7,7 +7,6 @@ import logging
 import pytest
 import torch
 
-from threestudio.utils import aot
 from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
 
 
@@ -59,16 +58,6 @@ def _files(tmp_path):
     return sorted(p.name for p in tmp_path.glob("block-*.bin"))
 
 
-def _eager_reference(block):
-    """An input x (requires grad), an output gradient ``up``, and the eager ``block_fn`` output and input gradient."""
-    x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    up = torch.randn(2, 8, 8, 8)
-    ref = block_fn(block, x, 0.5)
-    (ref * up).sum().backward()
-    ref_grad, x.grad = x.grad.clone(), None
-    return x, up, ref, ref_grad
-
-
 @pytest.fixture
 def block():
     torch.manual_seed(0)
@@ -76,7 +65,11 @@ def block():
 
 
 def test_compiled_once_then_loaded_by_a_new_process(tmp_path, backend, block):
-    x, up, ref, ref_grad = _eager_reference(block)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    up = torch.randn(2, 8, 8, 8)
+    ref = block_fn(block, x, 0.5)
+    (ref * up).sum().backward()
+    ref_grad, x.grad = x.grad.clone(), None
 
     first = _compiled(tmp_path, backend)
     out = first(block, x, 0.5)
@@ -180,42 +173,3 @@ def test_module_wrapper_is_the_module(tmp_path, backend, block):
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), block(x))
     assert wrapped.compiled.last_source == "compiled" and len(_files(tmp_path)) == 1
-
-
-def test_prefetch_loads_the_last_prepared_file_on_a_thread(tmp_path, backend, block):
-    """``prefetch``: a new process's first call takes the function the background thread loaded from the
-    file the last run prepared (its ``.recent`` hint), with the same numbers and gradient; a hint of
-    another signature's file is dropped and the call prepares its own; a hint that names a file
-    outside the cache directory is ignored."""
-    x, up, ref, ref_grad = _eager_reference(block)
-    first = _compiled(tmp_path, backend)
-    first(block, x, 0.5)
-    (path,) = tmp_path.glob("block-*.bin")
-    assert aot.recent_file(tmp_path, "block") == path
-
-    torch._dynamo.reset()
-    assert aot.prefetch(["block", "absent"], cache_dir=tmp_path) == ["block"]
-    f = DiskCompiled(block_fn, "block", cache_dir=tmp_path, backend=backend)
-    out = f(block, x, 0.5)
-    assert f.last_source == "disk" and f.events[0]["prefetch_load_s"] > 0
-    torch.testing.assert_close(out, ref)
-    (out * up).sum().backward()
-    torch.testing.assert_close(x.grad, ref_grad)
-    assert aot._prefetched == {}  # taken
-
-    with torch.no_grad():  # another signature (grad mode is in the key): the prefetched file is not its own
-        aot.prefetch(["block"], cache_dir=tmp_path)
-        g = DiskCompiled(block_fn, "block", cache_dir=tmp_path, backend=backend)
-        torch.testing.assert_close(g(block, x, 0.5), block_fn(block, x, 0.5))
-    assert g.last_source == "compiled" and "prefetch_load_s" not in g.events[0]
-    assert aot.recent_file(tmp_path, "block") != path and len(_files(tmp_path)) == 2
-
-    (tmp_path / f"block{aot.RECENT_SUFFIX}").write_text("../block-elsewhere.bin\n")
-    assert aot.recent_file(tmp_path, "block") is None and aot.prefetch(["block"], cache_dir=tmp_path) == []
-
-
-def test_discard_prefetched_drops_what_no_call_took(tmp_path, backend, block):
-    _compiled(tmp_path, backend)(block, torch.randn(2, 3, 8, 8), 0.5)
-    assert aot.prefetch(["block"], cache_dir=tmp_path) == ["block"]
-    aot.discard_prefetched()
-    assert aot._prefetched == {}

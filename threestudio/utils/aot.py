@@ -29,17 +29,8 @@ A module whose simple attributes change after the first call (e.g. a new IP-Adap
 argument nor an attribute of a module argument (a global, or an attribute of another object read by
 a hook) must not change what the function computes for the same key.
 
-Loading a saved function takes seconds (on an H100 about 3-4 s for the VAE encoder's forward +
-backward, 0.6-1 s for each part of the noise prediction), all of it before the first call can run.
-:func:`prefetch` starts those loads on a background thread while the caller does other work (stage 1
-loads its networks meanwhile): each :class:`DiskCompiled` notes in ``<name>.recent`` the file it
-prepared last, the thread loads that file, and the first call whose key names the same file takes the
-loaded function instead of reading it again. It is the same file, so the same function; a file whose
-key does not match (the inputs or modules changed) is dropped and the call prepares its own.
-
 The files are Python pickles written by this process: load them only from a cache directory you
-own, as for Inductor's own cache (``$TORCHINDUCTOR_CACHE_DIR``). They are never shared files; a
-``<name>.recent`` hint names only a file of the same directory.
+own, as for Inductor's own cache (``$TORCHINDUCTOR_CACHE_DIR``). They are never shared files.
 
 When this torch has no ``aot_compile``, or tracing with ``fullgraph=True`` fails, the function is
 compiled with plain ``torch.compile`` instead (the same numbers, traced again in every process) and
@@ -55,11 +46,9 @@ import inspect
 import json
 import logging
 import sys
-import threading
 import time
 import typing
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -72,92 +61,6 @@ log = logging.getLogger(__name__)
 FORMAT = "gip-aot-1"
 """Changes whenever what the key covers or the guard policy changes (old files are then ignored)."""
 _SIMPLE = (bool, int, float, str, type(None))
-
-
-RECENT_SUFFIX = ".recent"
-"""``<cache_dir>/<name>.recent`` holds the file name of the signature ``name`` prepared last (:func:`prefetch`)."""
-
-_prefetched: dict[tuple[str, str], tuple[Path, Future]] = {}
-"""(cache directory, name) -> (file, its load on the prefetch thread): loads no call has taken yet."""
-_prefetch_lock = threading.Lock()
-
-
-def _read(path: Path, device: str | None) -> tuple[Callable, float]:
-    """``torch.compiler.load_compiled_function`` of ``path`` on this thread: (function, seconds)."""
-    if device is not None and device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))  # the thread's current device: Triton loads its kernels there
-    t0 = time.perf_counter()
-    with open(path, "rb") as f:
-        fn = torch.compiler.load_compiled_function(f)
-    return fn, time.perf_counter() - t0
-
-
-def recent_file(cache_dir: Path, name: str) -> Path | None:
-    """The file ``name`` prepared last in ``cache_dir`` (its ``.recent`` hint), if it is still there.
-    A hint that names anything but a ``<name>-<digest>.bin`` file of ``cache_dir`` is ignored."""
-    try:
-        fname = (cache_dir / f"{name}{RECENT_SUFFIX}").read_text().strip()
-    except OSError:
-        return None
-    if Path(fname).name != fname or not (fname.startswith(f"{name}-") and fname.endswith(".bin")):
-        return None
-    path = cache_dir / fname
-    return path if path.is_file() else None
-
-
-def prefetch(
-    names: list[str], cache_dir: str | Path | None = None, device: str | torch.device | None = None
-) -> list[str]:
-    """Start loading the file each of ``names`` prepared last (``<name>.recent``) on one background thread,
-    in the order given; the first :class:`DiskCompiled` call of that name and cache directory whose key
-    names the same file takes the loaded function (module docstring). Names without a hint are skipped.
-
-    Args:
-        names: :class:`DiskCompiled` names, in the order their first calls will come.
-        cache_dir: their cache directory (default ``$GIP_CACHE_DIR/aot``).
-        device: the CUDA device the functions will run on (the thread makes it its current device).
-
-    Returns:
-        the names whose loads were started.
-    """
-    root = Path(cache_dir) if cache_dir is not None else cache_root() / "aot"
-    jobs = [(n, p) for n in names if (p := recent_file(root, n)) is not None]
-    if not jobs:
-        return []
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aot-prefetch")
-    dev = None if device is None else str(torch.device(device))
-    with _prefetch_lock:
-        for name, path in jobs:
-            old = _prefetched.pop((str(root), name), None)
-            if old is not None:
-                old[1].cancel()
-            _prefetched[(str(root), name)] = (path, pool.submit(_read, path, dev))
-    pool.shutdown(wait=False)  # the thread ends after its loads
-    return [n for n, _ in jobs]
-
-
-def _take_prefetched(cache_dir: Path, name: str) -> tuple[Path, Future] | None:
-    with _prefetch_lock:
-        return _prefetched.pop((str(cache_dir), name), None)
-
-
-def wait_prefetches() -> None:
-    """Wait until no prefetch thread is loading (their results stay for the calls to take). Called before
-    anything that must not overlap a load on another thread: a compilation or load on this thread
-    (Inductor's configuration is process-wide) and a CUDA-graph capture (CUDA refuses other threads'
-    calls while a stream captures)."""
-    with _prefetch_lock:
-        futures = [f for _, f in _prefetched.values()]
-    for f in futures:
-        if not f.cancelled():
-            f.exception()  # waits; an error is the taker's to report
-
-
-def discard_prefetched() -> None:
-    """Wait for and drop every prefetched function no call took (e.g. between the launches of a chain)."""
-    wait_prefetches()
-    with _prefetch_lock:
-        _prefetched.clear()
 
 
 def keep_tensor_guards(entries) -> list[bool]:
@@ -306,10 +209,8 @@ class DiskCompiled:
         last_source: where the most recently prepared signature came from: ``"disk"`` (loaded),
             ``"compiled"`` (compiled and saved now) or ``"fallback"`` (plain ``torch.compile``).
         events: one dict per prepared signature, in order: ``name``, ``source`` (as ``last_source``),
-            ``prepare_s`` (host seconds to load or compile it; for a prefetched file, the wait for the
-            prefetch thread), ``first_call_s`` (host seconds of its first call: lazy kernel loading and
-            launches; the GPU work is not waited for) and, when :func:`prefetch` had loaded the file,
-            ``prefetch_load_s`` (the thread's seconds to load it).
+            ``prepare_s`` (host seconds to load or compile it) and ``first_call_s`` (host seconds of its
+            first call: lazy kernel loading and launches; the GPU work is not waited for).
     """
 
     def __init__(
@@ -329,7 +230,6 @@ class DiskCompiled:
         self._fns: dict[tuple, Callable] = {}
         self._fallback: Callable | None = None
         self.events: list[dict] = []
-        self._prefetch_load_s: float | None = None
 
     def clear(self) -> None:
         """Forget the prepared signatures (call after changing a module argument's attributes)."""
@@ -341,19 +241,17 @@ class DiskCompiled:
         if f is not None:
             return f(*args)
         t0 = time.perf_counter()
-        self._prefetch_load_s = None
         f = self._fns[key] = self._prepare(args)
         t1 = time.perf_counter()
         out = f(*args)
-        event = {
-            "name": self.name,
-            "source": self.last_source,
-            "prepare_s": round(t1 - t0, 3),
-            "first_call_s": round(time.perf_counter() - t1, 3),
-        }
-        if self._prefetch_load_s is not None:
-            event["prefetch_load_s"] = round(self._prefetch_load_s, 3)
-        self.events.append(event)
+        self.events.append(
+            {
+                "name": self.name,
+                "source": self.last_source,
+                "prepare_s": round(t1 - t0, 3),
+                "first_call_s": round(time.perf_counter() - t1, 3),
+            }
+        )
         return out
 
     def cache_key(self, args: tuple) -> dict:
@@ -394,16 +292,11 @@ class DiskCompiled:
             return self._fallback
         key = self.cache_key(args)
         path = self.cache_path(key)
-        taken = self._take_prefetch(path)
-        if taken is not None:
-            return taken
-        wait_prefetches()  # no other thread loads while this one loads or compiles
         if path.is_file():
             try:
                 with open(path, "rb") as f:
                     loaded = torch.compiler.load_compiled_function(f)
                 self.last_source = "disk"
-                self._remember(path)
                 return loaded
             except Exception as e:  # noqa: BLE001 - an unreadable or stale file: compile it again
                 log.warning("compiled %s in %s could not be loaded (%s); compiling it again", self.name, path, e)
@@ -433,36 +326,10 @@ class DiskCompiled:
             with atomic_path(path) as tmp:
                 aot.save_compiled_function(tmp)
             atomic_write_text(path.with_suffix(".json"), json.dumps(key, sort_keys=True, indent=1))
-            self._remember(path)
         except Exception as e:  # noqa: BLE001 - the compiled function still works; only the next run recompiles
             log.warning("compiled %s could not be saved to %s (%s)", self.name, path, e)
         self.last_source = "compiled"
         return aot
-
-    def _take_prefetch(self, path: Path) -> Callable | None:
-        """The function :func:`prefetch` loaded for this name, if it is the file ``path`` (else dropped)."""
-        pending = _take_prefetched(self.cache_dir, self.name)
-        if pending is None:
-            return None
-        fetched, future = pending
-        try:
-            fn, seconds = future.result()
-        except Exception as e:  # noqa: BLE001 - the file is then loaded (or compiled) as without a prefetch
-            log.warning("prefetching compiled %s from %s failed (%s); loading it now", self.name, fetched, e)
-            return None
-        if fetched != path:  # the hint was another signature's file (the inputs or modules changed)
-            return None
-        self.last_source, self._prefetch_load_s = "disk", seconds
-        return fn
-
-    def _remember(self, path: Path) -> None:
-        """Note ``path`` as this name's most recent file (``<name>.recent``, read by :func:`prefetch`)."""
-        hint = self.cache_dir / f"{self.name}{RECENT_SUFFIX}"
-        try:
-            if not hint.is_file() or hint.read_text().strip() != path.name:
-                atomic_write_text(hint, path.name + "\n")
-        except OSError as e:
-            log.warning("could not note %s as the most recent compiled %s (%s)", path.name, self.name, e)
 
 
 class DiskCompiledModule(torch.nn.Module):

@@ -81,8 +81,9 @@ class TrainerConfig:
 @dataclass
 class CheckpointConfig:
     every_n_train_steps: int = 500
-    """Save ``ckpts/step<N>.ckpt`` (Gaussians + optimiser state) this often and at the end;
-    ``ckpts/last.ckpt`` is a relative symbolic link to the newest."""
+    """Save ``ckpts/step<N>.ckpt`` (Gaussians + optimiser state) every this many steps (at the last step
+    only when it is a multiple: stage 1's 2400 steps at 500 save at 500-2000); ``ckpts/last.ckpt`` is a
+    relative symbolic link to the newest."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from threestudio.models.guidance.hub import download_hint, is_available, stored_
 from threestudio.models.guidance.unet_halves import supports_halves, unet_decode, unet_encode
 from threestudio.ops.norm import group_norm_channel_stats
 from threestudio.ops.sds import AHDSSchedule, anpg_gradient, clip_grad_per_pixel, scale_grad, sds_loss
-from threestudio.utils import aot, handover
+from threestudio.utils import handover
 from threestudio.utils.aot import DiskCompiled, DiskCompiledModule
 from threestudio.utils.base import BaseObject
 from threestudio.utils.errors import MissingModelError
@@ -300,7 +300,6 @@ ADOPTABLE_OPTIONS = frozenset(
         "vae_group_norm",
         "skip_unused_negative",
         "controlnet_stream",
-        "prefetch_compiled",
     }
 )
 """Options a handed-over guidance takes on after loading (memory layout, scales, schedule length, compilation); all
@@ -402,14 +401,6 @@ class FaceIDControlNetGuidance(BaseObject):
         too at stage 2's shapes: putting it first changed neither the time nor the output of VCR).
         Compiling each UNet / ControlNet block on its own instead ("regional compilation") was measured
         and dropped: 89.6 against 80.0 ms per step, no shorter first step."""
-        prefetch_compiled: bool = True
-        """With ``compile_vae_encoder`` / ``compile_denoiser``: load the compiled functions that the last
-        run on this machine prepared (``$GIP_CACHE_DIR/aot/<name>.recent``) on a background thread while
-        :meth:`load` loads the networks, instead of at the first step
-        (:func:`~threestudio.utils.aot.prefetch`). The same files, so the same functions: a file whose
-        key does not match the first call's is dropped and that call loads or compiles its own. The
-        manifest's ``compile_events`` give the thread's load seconds (``prefetch_load_s``) and how long
-        the step waited for it (``prepare_s``)."""
         vae_layout_optimization: bool = True
         """Let Inductor keep the compiled VAE encoder's activations in channels-last (its
         ``force_layout_optimization``): no NCHW↔NHWC conversions around each cuDNN convolution, the
@@ -548,7 +539,6 @@ class FaceIDControlNetGuidance(BaseObject):
         c = self.cfg
         self.device = torch.device(device)
         self.dtype = resolve_dtype(self.device, c.dtype)
-        self._prefetch_compiled()
         kw = {"local_files_only": c.local_files_only}
         # fp32 for the LoRA merge (fuse_lora); the others straight in the network dtype
         unet = self._pretrained(UNet2DConditionModel, c.pretrained_model_name_or_path, torch.float32, "unet")
@@ -603,28 +593,6 @@ class FaceIDControlNetGuidance(BaseObject):
         self._identity_of = None
         self._compile()
         self.loaded = True
-
-    def compiled_names(self) -> list[str]:
-        """The :class:`~threestudio.utils.aot.DiskCompiled` names :meth:`_compile` will prepare on this
-        device with this config, in the order a step first calls them (empty off CUDA or without Triton)."""
-        c = self.cfg
-        if not (self.device.type == "cuda" and importlib.util.find_spec("triton") is not None):
-            return []
-        names = ["vae-encoder"] if c.compile_vae_encoder else []
-        if c.compile_denoiser:
-            if c.controlnet_stream:  # TwoStreamNoisePrediction's three parts (supports_halves: SD-1.5's UNet)
-                names += ["controlnet-residuals", "unet-encode", "unet-decode"]
-            else:
-                names.append("noise-prediction")
-        return names
-
-    def _prefetch_compiled(self) -> None:
-        """``prefetch_compiled``: start loading the compiled functions the last run on this machine
-        prepared (:func:`~threestudio.utils.aot.prefetch`) while the networks load."""
-        names = self.compiled_names() if self.cfg.prefetch_compiled else []
-        if names:
-            persist_compile_cache()  # before the thread imports Inductor
-            aot.prefetch(names, device=self.device)
 
     def _compile(self) -> None:
         """Wrap the VAE encoder and the noise prediction in their compiled forms as the config asks
@@ -803,7 +771,6 @@ class FaceIDControlNetGuidance(BaseObject):
         inputs = [latents_t, t, text, pose, *views]
         if key not in self._graphs:
             began = time.perf_counter()
-            aot.wait_prefetches()  # no load on another thread during the capture
             static = [x.clone() for x in inputs]
 
             def run():
