@@ -486,10 +486,7 @@ def _timed(fn, *args, **kwargs) -> float:
 
 
 def _record_when_written(future, trial_dir: Path, **entries) -> None:
-    """Wait for a detached write (re-raising its error), then merge ``entries`` into the manifest, with
-    ``turntable_encode_s`` (the write's own seconds, from :func:`_timed`). It holds the future and the
+    """Wait for a detached write timed by :func:`_timed` (re-raising its error), then merge ``entries``
+    and ``turntable_encode_s`` (the write's own seconds) into the manifest. It holds the future and the
     paths only, not the system, so a finished stage's tensors can go."""
-    seconds = future.result()
-    if isinstance(seconds, float):
-        entries["turntable_encode_s"] = round(seconds, 2)
-    write_manifest(trial_dir, **entries)
+    write_manifest(trial_dir, **entries, turntable_encode_s=round(future.result(), 2))
