@@ -152,6 +152,7 @@ def main():
         "gpu": torch.cuda.get_device_name(0),
         "gpu_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "torch": torch.__version__,
+        "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
     }
     if a.gsplat_build:
         res["gsplat_first_use_s"] = round(gsplat_build_seconds(), 1)
@@ -195,6 +196,7 @@ def main():
             "timings_s": man.get("timings_s"),
             "step_ms": man.get("step_ms"),
             "turntable_encode_s": man.get("turntable_encode_s"),
+            "allocator": man.get("gpu_allocator"),
         }
         if man.get("compile_events"):
             stages[f"stage{n}"]["compile_events"] = man["compile_events"]

@@ -34,6 +34,7 @@ def test_fit_counts_items_into_headroom():
     assert b.fit(int(1.5 * GIB), most=3) == 3  # never more than asked
     assert Budget(24 * GIB, 23.9 * GIB).fit(GIB, most=8) == 1  # always at least one
     assert MemoryBudget("cpu").fit(GIB, most=24) == 24  # CPU: no budget
+    assert MemoryBudget("cpu").allocator_counts() == {}  # and no allocator counters
 
 
 def test_batch_sizer_measures_first_then_fills():
@@ -79,7 +80,10 @@ def test_a_batch_that_runs_out_of_memory_is_retried_smaller():
         def batch(n):
             return lambda: torch.empty(n * chunk, dtype=torch.uint8, device=dev)
 
+        before = b.allocator_counts()
         assert s.attempt(3, batch(3)) == (False, None) and s.most == 1
+        after = b.allocator_counts()  # the refused allocation is counted (it may have been retried first)
+        assert after["ooms"] == before["ooms"] + 1 and after["alloc_retries"] >= before["alloc_retries"]
         done, x = s.attempt(1, batch(1))
         assert done and x.numel() == chunk and s.per_item >= chunk
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +121,19 @@ class BaseSystem:
         return self.budget
 
     def memory_record(self) -> dict:
-        """Manifest entries on GPU memory: the budget and the allocator's peak (GiB); empty on CPU."""
+        """Manifest entries on GPU memory: the budget and the allocator's peak (GiB), its event counters
+        so far (:meth:`~threestudio.utils.gpu.MemoryBudget.allocator_counts`, ``gpu_allocator``) and the
+        allocator's settings (``PYTORCH_ALLOC_CONF``, or its older name ``PYTORCH_CUDA_ALLOC_CONF``; '' when
+        unset); empty on CPU."""
         b = self.budget
         if b is None or not b.limited:
             return {}
-        return {"gpu_budget_gib": round(b.gib, 2), "gpu_peak_reserved_gib": round(b.peak_reserved_gib(), 2)}
+        return {
+            "gpu_budget_gib": round(b.gib, 2),
+            "gpu_peak_reserved_gib": round(b.peak_reserved_gib(), 2),
+            "gpu_allocator": b.allocator_counts(),
+            "gpu_alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+        }
 
     # ------------------------------------------------------------------ rendering
     @property

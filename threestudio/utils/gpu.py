@@ -123,6 +123,25 @@ class MemoryBudget:
     def allocated(self) -> int:
         return int(torch.cuda.memory_allocated(self.device)) if self.limited else 0
 
+    def allocator_counts(self) -> dict[str, int]:
+        """The caching allocator's event counters on this device since the process started (they add up
+        over the stages of one ``run.sh`` process; empty on the CPU): ``alloc_retries`` (allocations that
+        failed under the cap, so that the allocator synchronised, gave its cached blocks back and tried
+        again), ``ooms`` (those that failed even then), ``device_allocs`` / ``device_frees``
+        (``cudaMalloc`` / ``cudaFree`` calls) and ``sync_all_streams`` (device-wide synchronisations the
+        allocator made). Missing counters of an older torch are left out."""
+        if not self.limited:
+            return {}
+        stats = torch.cuda.memory_stats(self.device)
+        keys = {
+            "alloc_retries": "num_alloc_retries",
+            "ooms": "num_ooms",
+            "device_allocs": "num_device_alloc",
+            "device_frees": "num_device_free",
+            "sync_all_streams": "num_sync_all_streams",
+        }
+        return {k: int(stats[v]) for k, v in keys.items() if v in stats}
+
     def headroom(self) -> int:
         """Bytes still allowed beyond what is allocated now (allocator fragmentation not counted)."""
         return self.bytes - self.allocated() if self.limited else 0
