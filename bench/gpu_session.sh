@@ -8,7 +8,8 @@
 #
 # Parts: tests raster step streams sdpa animation reconstruction refine specular pipeline profile (default: all but
 # profile, a diagnostic run of the pipeline under torch.profiler windows whose times are not the pipeline's). The
-# issue-12 speed figures in a 30-minute lease: PARTS="step refine pipeline tests" CAPS=22.
+# issue-12 speed figures in a 30-minute lease: PARTS="step refine pipeline tests" CAPS=22 (with
+# ALLOC_CONFS="default expandable_segments:True", two pipeline runs: the allocator A/B).
 set -o pipefail
 OUT="${OUT:-bench_out}"; mkdir -p "$OUT"
 PARTS="${PARTS:-tests raster step streams sdpa animation reconstruction refine specular pipeline}"
@@ -54,9 +55,15 @@ if want profile; then  # where each stage's GPU time goes (summaries in the JSON
   python3 bench/full_pipeline.py --models /tmp/sd15 --tiny /tmp/tiny --template $T --face "${FACE:-.bench/man.png}" \
     --cap-gb 22 --profile $OUT/profile --out $OUT/pipeline_profile.json 2>&1 | tail -20
 fi
+# ALLOC_CONFS: the CUDA caching allocator's settings to run each cap with, one run each ("default" = unset), e.g.
+# ALLOC_CONFS="default expandable_segments:True" (each stage's manifest records the allocator's retries and frees).
 if want pipeline; then
   for cap in ${CAPS:-22 0}; do
-    python3 bench/full_pipeline.py --gsplat-build --models /tmp/sd15 --tiny /tmp/tiny --template $T \
-      --face "${FACE:-.bench/man.png}" --cap-gb $cap --out $OUT/full_pipeline_cap$cap.json 2>&1 | tail -60
+    for conf in ${ALLOC_CONFS:-default}; do
+      if [ "$conf" = default ]; then name=cap$cap; else name=cap${cap}_${conf//[^A-Za-z0-9]/_}; fi
+      ( [ "$conf" = default ] || export PYTORCH_CUDA_ALLOC_CONF=$conf
+        python3 bench/full_pipeline.py --gsplat-build --models /tmp/sd15 --tiny /tmp/tiny --template $T \
+          --face "${FACE:-.bench/man.png}" --cap-gb $cap --out $OUT/full_pipeline_$name.json 2>&1 | tail -60 )
+    done
   done
 fi
