@@ -138,6 +138,7 @@ def main():
     a = ap.parse_args()
     import torch
 
+    from threestudio.utils.gpu import MemoryBudget
     from threestudio.utils.io import persist_compile_cache
 
     cache = persist_compile_cache()
@@ -152,7 +153,7 @@ def main():
         "gpu": torch.cuda.get_device_name(0),
         "gpu_total_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "torch": torch.__version__,
-        "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+        "alloc_conf": MemoryBudget.allocator_settings(),
     }
     if a.gsplat_build:
         res["gsplat_first_use_s"] = round(gsplat_build_seconds(), 1)

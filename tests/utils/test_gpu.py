@@ -37,6 +37,19 @@ def test_fit_counts_items_into_headroom():
     assert MemoryBudget("cpu").allocator_counts() == {}  # and no allocator counters
 
 
+def test_allocator_settings_are_recorded_as_given(monkeypatch):
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert MemoryBudget.allocator_settings() == {}  # the defaults
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert MemoryBudget.allocator_settings() == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:512")
+    assert MemoryBudget.allocator_settings() == {
+        "PYTORCH_ALLOC_CONF": "max_split_size_mb:512",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    }
+
+
 def test_batch_sizer_measures_first_then_fills():
     b = Budget(24 * GIB, 8 * GIB)
     s = BatchSizer(b)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +121,9 @@ class BaseSystem:
 
     def memory_record(self) -> dict:
         """Manifest entries on GPU memory: the budget and the allocator's peak (GiB), its event counters
-        so far (:meth:`~threestudio.utils.gpu.MemoryBudget.allocator_counts`, ``gpu_allocator``) and the
-        allocator's settings (``PYTORCH_ALLOC_CONF``, or its older name ``PYTORCH_CUDA_ALLOC_CONF``; '' when
-        unset); empty on CPU."""
+        so far (:meth:`~threestudio.utils.gpu.MemoryBudget.allocator_counts`, ``gpu_allocator``) and its
+        settings (:meth:`~threestudio.utils.gpu.MemoryBudget.allocator_settings`, ``gpu_alloc_conf``);
+        empty on CPU."""
         b = self.budget
         if b is None or not b.limited:
             return {}
@@ -132,7 +131,7 @@ class BaseSystem:
             "gpu_budget_gib": round(b.gib, 2),
             "gpu_peak_reserved_gib": round(b.peak_reserved_gib(), 2),
             "gpu_allocator": b.allocator_counts(),
-            "gpu_alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+            "gpu_alloc_conf": b.allocator_settings(),
         }
 
     # ------------------------------------------------------------------ rendering

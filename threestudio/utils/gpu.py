@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,8 +127,9 @@ class MemoryBudget:
     def allocator_counts(self) -> dict[str, int]:
         """The caching allocator's event counters on this device since the process started (they add up
         over the stages of one ``run.sh`` process; empty on the CPU): ``alloc_retries`` (allocations that
-        failed under the cap, so that the allocator synchronised, gave its cached blocks back and tried
-        again), ``ooms`` (those that failed even then), ``device_allocs`` / ``device_frees``
+        found neither a fitting cached block nor room for a new one under the cap or on the card, so that
+        the allocator synchronised, gave its cached blocks back and tried again), ``ooms`` (those that
+        failed even then), ``device_allocs`` / ``device_frees``
         (``cudaMalloc`` / ``cudaFree`` calls) and ``sync_all_streams`` (device-wide synchronisations the
         allocator made). Missing counters of an older torch are left out."""
         if not self.limited:
@@ -141,6 +143,14 @@ class MemoryBudget:
             "sync_all_streams": "num_sync_all_streams",
         }
         return {k: int(stats[v]) for k, v in keys.items() if v in stats}
+
+    @staticmethod
+    def allocator_settings() -> dict[str, str]:
+        """The caching allocator's settings as this process was given them: each of ``PYTORCH_ALLOC_CONF``
+        and its older name ``PYTORCH_CUDA_ALLOC_CONF`` that is set, with its value (empty: the defaults).
+        Both are recorded as given, since torch versions read them differently (torch 2.9.1 ignored
+        ``expandable_segments`` under the new name on CUDA; the older name works, with a warning)."""
+        return {k: os.environ[k] for k in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF") if k in os.environ}
 
     def headroom(self) -> int:
         """Bytes still allowed beyond what is allocated now (allocator fragmentation not counted)."""
