@@ -76,6 +76,17 @@ def resolve_dtype(device: torch.device | str, requested: str = "auto") -> torch.
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+ALLOCATOR_COUNTERS = {
+    "alloc_retries": "num_alloc_retries",
+    "ooms": "num_ooms",
+    "device_allocs": "num_device_alloc",
+    "device_frees": "num_device_free",
+    "sync_all_streams": "num_sync_all_streams",
+}
+"""Manifest name -> ``torch.cuda.memory_stats`` key of each counter :meth:`MemoryBudget.allocator_counts`
+records."""
+
+
 class MemoryBudget:
     """Bytes a stage may hold on its device.
 
@@ -129,20 +140,13 @@ class MemoryBudget:
         over the stages of one ``run.sh`` process; empty on the CPU): ``alloc_retries`` (allocations that
         found neither a fitting cached block nor room for a new one under the cap or on the card, so that
         the allocator synchronised, gave its cached blocks back and tried again), ``ooms`` (those that
-        failed even then), ``device_allocs`` / ``device_frees``
-        (``cudaMalloc`` / ``cudaFree`` calls) and ``sync_all_streams`` (device-wide synchronisations the
-        allocator made). Missing counters of an older torch are left out."""
+        failed even then), ``device_allocs`` / ``device_frees`` (``cudaMalloc`` / ``cudaFree`` calls) and
+        ``sync_all_streams`` (device-wide synchronisations the allocator made); :data:`ALLOCATOR_COUNTERS`
+        names them in ``torch.cuda.memory_stats``. Counters an older torch lacks are left out."""
         if not self.limited:
             return {}
         stats = torch.cuda.memory_stats(self.device)
-        keys = {
-            "alloc_retries": "num_alloc_retries",
-            "ooms": "num_ooms",
-            "device_allocs": "num_device_alloc",
-            "device_frees": "num_device_free",
-            "sync_all_streams": "num_sync_all_streams",
-        }
-        return {k: int(stats[v]) for k, v in keys.items() if v in stats}
+        return {k: int(stats[v]) for k, v in ALLOCATOR_COUNTERS.items() if v in stats}
 
     @staticmethod
     def allocator_settings() -> dict[str, str]:
