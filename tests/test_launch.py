@@ -171,6 +171,15 @@ def test_incomplete_earlier_stage_is_named(tmp_path, capsys):
     (half / "manifest.json").write_text(json.dumps({"stage": "ahds", "avatar": "save/avatar.ply"}))
     rc, _, err = main([*base, f"system.init_from={half}"], capsys)
     assert rc == 2 and "save/avatar.ply is missing" in err
+    # a manifest from someone else or cut short by a crash: one line, no traceback
+    for text, says in (('{"stage": "ahds", "avatar"', "not a readable manifest"), ("[1, 2]", "not a manifest")):
+        (half / "manifest.json").write_text(text)
+        rc, _, err = main([*base, f"system.init_from={half}"], capsys)
+        assert rc == 2 and says in err and "Traceback" not in err
+    (half / "manifest.json").write_text(json.dumps({"stage": "ahds", "avatar": ["save/avatar.ply"]}))
+    rc, _, err = main([*base, f"system.init_from={half}"], capsys)
+    assert rc == 2 and "not a path" in err
+    (half / "manifest.json").write_text(json.dumps({"stage": "ahds", "avatar": "save/avatar.ply"}))
     base[1] = REPO / "configs/reconstruct.yaml"
     rc, _, err = main([*base, f"system.init_from={half}"], capsys)
     assert rc == 2 and "expected 'refine'" in err

@@ -28,7 +28,8 @@ def read_stage(trial_dir: str | Path, stage: str, required: tuple[str, ...] = ()
     entry in ``required`` checked to exist as a file (paths are relative to ``trial_dir``).
 
     Raises:
-        UserError: the directory, its manifest, the stage or a required file is missing.
+        UserError: the directory, its manifest, the stage or a required file is missing, or the manifest
+            is not a JSON object (a truncated or hand-edited file), or a required entry is not a path.
     """
     d = Path(str(trial_dir))
     if not str(trial_dir) or not d.is_dir():
@@ -38,12 +39,19 @@ def read_stage(trial_dir: str | Path, stage: str, required: tuple[str, ...] = ()
     man = d / "manifest.json"
     if not man.is_file():
         raise UserError(f"init_from: {d} is incomplete: manifest.json is missing (did the {stage} stage finish?)")
-    data = json.loads(man.read_text())
+    try:
+        data = json.loads(man.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"init_from: {man} is not a readable manifest ({e}); rerun the {stage} stage") from None
+    if not isinstance(data, dict):
+        raise UserError(f"init_from: {man} is not a manifest (a JSON object); rerun the {stage} stage")
     if data.get("stage") != stage:
         raise UserError(f"init_from: {d} holds a {data.get('stage')!r} stage, expected {stage!r}")
     for key in required:
         if key not in data:
             raise UserError(f"init_from: {d} is incomplete: the {stage} stage did not record {key!r}")
+        if not isinstance(data[key], str):
+            raise UserError(f"init_from: {man}: {key!r} is {data[key]!r}, not a path")
         if not (d / data[key]).exists():
             raise UserError(f"init_from: {d} is incomplete: {data[key]} is missing")
     data["trial_dir"] = str(d.resolve())
